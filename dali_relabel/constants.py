@@ -1,0 +1,39 @@
+"""Constants shared across dali_relabel (as timm's ``data/constants.py``)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_CROP_SIZE",
+    "DEFAULT_EVAL_RESIZE",
+    "DEFAULT_GRID",
+    "DEFAULT_TOPK",
+    "IMAGENET_MEAN",
+    "IMAGENET_NUM_CLASSES",
+    "IMAGENET_STD",
+    "RRC_RATIO",
+    "RRC_SCALE",
+    "STORE_FORMAT",
+    "STORE_FORMAT_VERSION",
+]
+
+#: ImageNet channel statistics on the 0-1 scale (torchvision's convention).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+IMAGENET_NUM_CLASSES = 1000
+
+#: RandomResizedCrop's area fraction and aspect-ratio ranges (torchvision defaults).
+RRC_SCALE: tuple[float, float] = (0.08, 1.0)
+RRC_RATIO: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+
+DEFAULT_CROP_SIZE = 224
+#: Shorter side before the center crop in evaluation (224 / 0.875).
+DEFAULT_EVAL_RESIZE = 256
+
+#: The official ReLabel release: top-5 classes on a 15x15 grid.
+DEFAULT_TOPK = 5
+DEFAULT_GRID: tuple[int, int] = (15, 15)
+
+#: Identifies a label-map store (docs/FORMAT.md).
+STORE_FORMAT = "dali_relabel.label_maps"
+STORE_FORMAT_VERSION = 1
