@@ -1,0 +1,139 @@
+"""Store benchmark: bytes per sample against the official .pt files, and random batched
+reads (batches of 256 random indices) against ``torch.load`` of the same 256 files.
+
+Reads are timed from a warm page cache. Paths compared in one run:
+  pt            torch.load of 256 official .pt files (the official data path)
+  zarr_python   the store read through zarr-python
+  tensorstore   the store read through tensorstore (LabelMapStore's default on disk)
+  memory        the store held in memory (LabelMapStore.load), a numpy gather
+and the time to load the whole store into memory, extrapolated to ImageNet's 1,281,167.
+
+Usage: python benchmarks/store.py [--samples 4096] [--out runs/bench/store.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, machine, time_windows
+
+from dali_relabel import LabelMapStore
+from dali_relabel.convert import convert
+from dali_relabel.sample import _synthetic_label_map
+
+IMAGENET_TRAIN = 1_281_167
+
+
+def _official_files(root: Path, n: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        wnid = f"n{i % 100:08d}"
+        (root / wnid).mkdir(parents=True, exist_ok=True)
+        label = int(rng.integers(1000))
+        lm = _synthetic_label_map(label, rng, k=5, grid=(15, 15), num_classes=1000)
+        path = root / wnid / f"{wnid}_{i}.pt"
+        torch.save(torch.from_numpy(lm), path)
+        paths.append(path)
+    return paths
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(os.path.getsize(Path(d) / f) for d, _, files in os.walk(path) for f in files)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--windows", type=int, default=7)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = _official_files(tmp / "pt", args.samples)
+        store = convert(tmp / "pt", tmp / "maps.zarr", workers=1, progress=False)
+        by_key = {key: i for i, key in enumerate(store.keys)}
+        paths = [None] * len(files)
+        for p in files:
+            paths[by_key[f"{p.parent.name}/{p.stem}"]] = p
+
+        pt_bytes = _dir_bytes(tmp / "pt") / args.samples
+        store_bytes = _dir_bytes(tmp / "maps.zarr") / args.samples
+
+        rng = np.random.default_rng(0)
+        batches = [rng.choice(args.samples, args.batch, replace=False) for _ in range(64)]
+        cursor = {"i": 0}
+
+        def next_batch():
+            cursor["i"] = (cursor["i"] + 1) % len(batches)
+            return batches[cursor["i"]]
+
+        def read_pt():
+            for i in next_batch():
+                torch.load(paths[i], weights_only=True)
+
+        zarr_store = LabelMapStore.open(tmp / "maps.zarr")
+        zarr_store._tensorstores = lambda: None  # force the zarr-python path
+        ts_store = LabelMapStore.open(tmp / "maps.zarr")
+        start = time.perf_counter()
+        mem_store = LabelMapStore.open(tmp / "maps.zarr").load(progress=False)
+        load_s = time.perf_counter() - start
+
+        # Warm the page cache for every path before timing.
+        for i in range(args.samples):
+            torch.load(paths[i], weights_only=True)
+        ts_store.read(np.arange(args.samples))
+
+        results = {}
+        for name, fn, windows in (
+            ("pt", read_pt, args.windows),
+            ("zarr_python", lambda: zarr_store.read(next_batch()), 3),
+            ("tensorstore", lambda: ts_store.read(next_batch()), args.windows),
+            ("memory", lambda: mem_store.read(next_batch()), args.windows),
+        ):
+            t = time_windows(fn, windows=windows)
+            t["samples_per_s"] = args.batch / t["median_s"]
+            results[name] = t
+        base = results["pt"]["samples_per_s"]
+        for t in results.values():
+            t["ratio_vs_pt"] = t["samples_per_s"] / base
+
+    load_rate = args.samples / load_s
+    return {
+        "benchmark": "store",
+        "machine": machine(),
+        "samples": args.samples,
+        "batch": args.batch,
+        "bytes_per_sample": {
+            "pt": pt_bytes,
+            "store": store_bytes,
+            "store_over_pt": store_bytes / pt_bytes,
+        },
+        "random_reads": results,
+        "load_into_memory": {
+            "samples_per_s": load_rate,
+            "imagenet_estimate_s": IMAGENET_TRAIN / load_rate,
+        },
+        "targets": {
+            "store_over_pt_at_most": 0.30,
+            "reads_samples_per_s_at_least": 50_000,
+            "reads_ratio_vs_pt_at_least": 20,
+        },
+    }
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    out = args[args.index("--out") + 1] if "--out" in args else None
+    emit(main(args), out)
