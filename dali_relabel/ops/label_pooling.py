@@ -1,0 +1,533 @@
+"""LabelPooling: soft training targets from a crop box and a sparse top-k label map.
+
+ReLabel (Yun et al., "Re-labeling ImageNet: from Single to Multi-Labels, from Global to
+Localized Labels", CVPR 2021) trains on the label map of the image pooled over the random
+crop box with ROIAlign, then turned into a distribution with a softmax. The official code
+first densifies the top-k map into a [B, 1000, 15, 15] tensor, which costs most of the time
+and memory. ROIAlign is linear in its input, so this op computes, per box, the bilinear
+sampling weight of every grid cell once (the weights do not depend on the class), multiplies
+them by the k stored scores and adds the products into the classes they belong to. The
+result equals ``torchvision.ops.roi_align`` on the densified map (``aligned=False``, adaptive
+``sampling_ratio``) without ever building it.
+
+The op is registered as ``torch.ops.dali_relabel.label_pooling`` (a ``torch.library`` custom
+op with a fake kernel and an autograd formula for ``scores``), so it runs under
+``torch.compile(fullgraph=True)``. Its kernel is vectorized PyTorch, free of host syncs and
+of Python loops over the batch, and serves every device.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LabelPooling", "label_pooling", "relabel_targets"]
+
+#: How far outside [0, 1] a box coordinate may lie (float rounding of crop parameters).
+BOX_TOLERANCE = 1e-6
+
+_SCORE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_CLASS_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half-precision scores are accumulated in float32: summing up to H * W * k products
+    # in float16 would lose about three digits.
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _axis_weights(
+    start: Tensor, end: Tensor, size: int, bins: int, window: int
+) -> tuple[Tensor, Tensor]:
+    """1-D ROIAlign weights of one axis, following torchvision's CPU kernel step by step.
+
+    The bilinear weight of a sample point on cell (y, x) is wy(y) * wx(x), and a sample
+    outside the map (y or x out of range) contributes nothing, which is again a product of
+    per-axis indicators; so the 2-D sum over the sampling grid factorizes into the product of
+    two 1-D sums, each divided by its own grid size (count = grid_h * grid_w).
+
+    Args:
+        start: ROI start in grid units, Tensor[B] (``x1 * size - 0.5``).
+        end: ROI end in grid units, Tensor[B].
+        size: Number of grid cells along the axis (H or W).
+        bins: Number of output bins along the axis (h or w).
+        window: Number of consecutive cells that can carry weight for one bin.
+
+    Returns:
+        weights Tensor[B, bins, window] and the first cell of each window, Tensor[B, bins]
+        (int64).
+    """
+    # aligned=False forces malformed (thinner than one cell) ROIs to one cell.
+    extent = (end - start).clamp(min=1.0)
+    bin_size = extent / bins
+    # Adaptive sampling_ratio: ceil(roi_size / pooled_size) points per bin, data dependent.
+    # Boxes lie in [0, 1], so extent <= size and the grid never exceeds ceil(size / bins):
+    # pad to that static bound and mask, which keeps the shapes fixed and the GPU sync-free.
+    grid = torch.ceil(bin_size)
+    max_grid = -(-size // bins)
+    g = torch.arange(max_grid, dtype=start.dtype, device=start.device)
+    b = torch.arange(bins, dtype=start.dtype, device=start.device)
+    # Same operation order as torchvision, so that every sample lands on the same float.
+    base = start[:, None] + b * bin_size[:, None]  # [B, bins]
+    step = (g + 0.5) * bin_size[:, None] / grid[:, None]  # [B, G]
+    pos = base[:, :, None] + step[:, None, :]  # [B, bins, G]
+    used = (g < grid[:, None])[:, None, :]
+    inside = ((pos >= -1.0) & (pos <= size) & used).to(pos.dtype)
+    # Clamping to [0, size - 1] reproduces the kernel's two border rules at once: y <= 0
+    # reads cell 0, and y_low >= size - 1 reads cell size - 1 with weight 1 (ly = 0).
+    pos = pos.clamp(0.0, size - 1)
+    low = pos.floor()
+    frac = (pos - low) * inside
+    rest = inside - frac
+    first = base.clamp(min=0.0).floor().clamp(max=size - window)  # [B, bins]
+    # Real samples stay inside the window (see _sampling_plan); the clamp keeps the padded,
+    # zero-weight ones from indexing past it.
+    low = (low - first[:, :, None]).long().clamp(max=window - 1)
+    high = (low + 1).clamp(max=window - 1)
+    weights = torch.zeros(pos.shape[0], bins, window, dtype=pos.dtype, device=pos.device)
+    weights.scatter_add_(2, low, rest).scatter_add_(2, high, frac)
+    return weights / grid[:, None, None], first.long()
+
+
+def _sampling_plan(
+    boxes: Tensor, flip: Tensor | None, height: int, width: int, out_h: int, out_w: int
+) -> tuple[Tensor, Tensor | None]:
+    """Weights of every (output cell, grid cell) pair and where those grid cells lie.
+
+    Returns:
+        weight Tensor[B, 1, P] and, when the windows do not cover the whole grid, the flat
+        grid index of each entry Tensor[B, 1, P] (else None: entry p is cell p % (H * W) of
+        output cell p // (H * W)). P = out_h * out_w * window_h * window_w.
+    """
+    batch = boxes.shape[0]
+    # Clamping is a no-op for validated boxes and bounds the sampling grid for the rest.
+    boxes = boxes.clamp(0.0, 1.0)
+    x1, y1, x2, y2 = boxes.unbind(1)
+    # A bin of size/bins cells touches at most floor(size/bins) + 2 cells; one more for the
+    # rounding of sample positions.
+    win_h = min(height, height // out_h + 3)
+    win_w = min(width, width // out_w + 3)
+    wy, fy = _axis_weights(y1 * height - 0.5, y2 * height - 0.5, height, out_h, win_h)
+    wx, fx = _axis_weights(x1 * width - 0.5, x2 * width - 0.5, width, out_w, win_w)
+    if flip is not None:
+        # The crop was mirrored after pooling positions were fixed: output column j of a
+        # flipped sample is column out_w - 1 - j of the unflipped one.
+        flip = flip.view(batch, 1, 1)
+        wx = torch.where(flip, wx.flip(1), wx)
+        fx = torch.where(flip.view(batch, 1), fx.flip(1), fx)
+    weight = wy[:, :, None, :, None] * wx[:, None, :, None, :]  # [B, h, w, win_h, win_w]
+    entries = out_h * out_w * win_h * win_w
+    weight = weight.reshape(batch, 1, entries)
+    if win_h == height and win_w == width:
+        return weight, None
+    rows = fy[:, :, None, None, None] + torch.arange(win_h, device=boxes.device)[:, None]
+    cols = fx[:, None, :, None, None] + torch.arange(win_w, device=boxes.device)
+    return weight, (rows * width + cols).reshape(batch, 1, entries)
+
+
+def _spread(grid_values: Tensor, pos: Tensor | None, cells: int) -> Tensor:
+    """Lay grid values [B, K, H * W] out in plan order: Tensor[B, K, P]."""
+    batch, topk = grid_values.shape[:2]
+    if pos is not None:
+        return grid_values.gather(2, pos.expand(batch, topk, pos.shape[2]))
+    return grid_values.repeat(1, 1, cells) if cells > 1 else grid_values
+
+
+def _flat_index(classes: Tensor, pos: Tensor | None, cells: int) -> Tensor:
+    """Where each plan entry lands in the flat [B, C * cells] output, Tensor[B, K, P]."""
+    batch, topk = classes.shape[:2]
+    grid = classes.shape[2] * classes.shape[3]
+    index = _spread(classes.reshape(batch, topk, grid).long(), pos, cells)
+    if cells == 1:
+        return index
+    cell = torch.arange(cells, device=index.device).repeat_interleave(index.shape[2] // cells)
+    return index * cells + cell
+
+
+def _label_pooling_kernel(
+    scores: Tensor,
+    classes: Tensor,
+    boxes: Tensor,
+    num_classes: int,
+    output_height: int,
+    output_width: int,
+    flip: Tensor | None,
+) -> Tensor:
+    batch, topk, height, width = scores.shape
+    dtype = _compute_dtype(scores.dtype)
+    cells = output_height * output_width
+    weight, pos = _sampling_plan(boxes.to(dtype), flip, height, width, output_height, output_width)
+    values = scores.to(dtype).reshape(batch, topk, height * width)
+    values = _spread(values, pos, cells) * weight
+    index = _flat_index(classes, pos, cells)
+    out = torch.zeros(batch, num_classes * cells, dtype=dtype, device=scores.device)
+    out.scatter_add_(1, index.flatten(1), values.flatten(1))
+    return out.view(batch, num_classes, output_height, output_width)
+
+
+def _label_pooling_grad(
+    grad: Tensor, classes: Tensor, boxes: Tensor, flip: Tensor | None, height: int, width: int
+) -> Tensor:
+    """Gradient of the pooled map with respect to the scores, Tensor[B, K, H, W] (compute dtype)."""
+    batch, topk = classes.shape[:2]
+    out_h, out_w = grad.shape[2:]
+    cells = out_h * out_w
+    weight, pos = _sampling_plan(boxes.to(grad.dtype), flip, height, width, out_h, out_w)
+    index = _flat_index(classes, pos, cells)
+    picked = grad.flatten(1).gather(1, index.flatten(1)).view(index.shape)
+    picked = picked * weight
+    if pos is None:
+        return picked.view(batch, topk, cells, height, width).sum(2)
+    out = torch.zeros(batch, topk, height * width, dtype=grad.dtype, device=grad.device)
+    out.scatter_add_(2, pos.expand(index.shape), picked)
+    return out.view(batch, topk, height, width)
+
+
+# ---------------------------------------------------------------------------------------
+# Checks. The static ones (types, shapes, devices) also run in the fake kernel, so that a
+# compiled graph fails with the same message; the value ones need to read the data.
+
+
+def _pair(output_size: int | tuple[int, int]) -> tuple[int, int]:
+    size = (output_size, output_size) if isinstance(output_size, int) else output_size
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)
+    ):
+        raise ValueError(
+            f"output_size must be a positive int or a pair (h, w) of positive ints, "
+            f"got {output_size!r}"
+        )
+    return int(size[0]), int(size[1])
+
+
+def _check_static(
+    scores: Tensor,
+    classes: Tensor,
+    boxes: Tensor,
+    num_classes: int,
+    flip: Tensor | None,
+) -> None:
+    for name, value in (("scores", scores), ("classes", classes), ("boxes", boxes)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if scores.dtype not in _SCORE_DTYPES:
+        raise TypeError(f"scores must be float16, bfloat16, float32 or float64, got {scores.dtype}")
+    if classes.dtype not in _CLASS_DTYPES:
+        raise TypeError(
+            f"classes must hold integer class ids (uint8, int8, int16, int32 or int64), "
+            f"got {classes.dtype}"
+        )
+    if not boxes.is_floating_point():
+        raise TypeError(f"boxes must be a floating point tensor, got {boxes.dtype}")
+    if scores.dim() != 4 or min(scores.shape[2:], default=0) < 1:
+        raise ValueError(
+            f"scores must have shape [B, K, H, W] with H, W >= 1, got {tuple(scores.shape)}"
+        )
+    if classes.shape != scores.shape:
+        raise ValueError(
+            f"classes must have the shape of scores {tuple(scores.shape)}, "
+            f"got {tuple(classes.shape)}"
+        )
+    if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.shape[0] != scores.shape[0]:
+        raise ValueError(
+            f"boxes must have shape [B, 4] = [{scores.shape[0]}, 4] (one normalized "
+            f"x1, y1, x2, y2 box per label map), got {tuple(boxes.shape)}"
+        )
+    if flip is not None and (
+        not isinstance(flip, Tensor) or flip.dtype != torch.bool or flip.shape != boxes.shape[:1]
+    ):
+        got = f"{flip.dtype} {tuple(flip.shape)}" if isinstance(flip, Tensor) else repr(flip)
+        raise ValueError(
+            f"flip must be None or a bool tensor of shape [{boxes.shape[0]}], got {got}"
+        )
+    devices = {"scores": scores.device, "classes": classes.device, "boxes": boxes.device}
+    if flip is not None:
+        devices["flip"] = flip.device
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        raise ValueError(f"all inputs must be on one device, got {listed}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+
+
+def _format_box(box: Tensor) -> str:
+    return "(" + ", ".join(f"{v:.7g}" for v in box.tolist()) + ")"
+
+
+def _check_values(classes: Tensor, boxes: Tensor, num_classes: int) -> None:
+    if boxes.numel() == 0:
+        return
+    # All checks reduce into one small tensor read back once: on CUDA that read is the only
+    # host sync of label_pooling (validate=False skips it).
+    coords = boxes.double()
+    stats = [
+        coords.amin(),
+        coords.amax(),
+        (coords[:, 2] - coords[:, 0]).amin(),
+        (coords[:, 3] - coords[:, 1]).amin(),
+        coords.isnan().any().double(),  # NaN passes every comparison below
+    ]
+    if classes.numel():
+        stats += [x.double() for x in torch.aminmax(classes)]
+    values = torch.stack(stats).tolist()
+    box_min, box_max, min_w, min_h, has_nan = values[:5]
+    if has_nan or box_min < -BOX_TOLERANCE or box_max > 1.0 + BOX_TOLERANCE:
+        bad = ~((boxes >= -BOX_TOLERANCE) & (boxes <= 1.0 + BOX_TOLERANCE)).all(1)
+        row = int(bad.nonzero()[0])
+        raise ValueError(
+            f"boxes must be normalized to [0, 1] (tolerance {BOX_TOLERANCE}), got boxes[{row}]"
+            f" = {_format_box(boxes[row])}; divide pixel boxes by the image width and height"
+        )
+    for axis, smallest, lo, hi in (("x", min_w, 0, 2), ("y", min_h, 1, 3)):
+        if smallest < 0:
+            row = int((boxes[:, hi] < boxes[:, lo]).nonzero()[0])
+            raise ValueError(
+                f"boxes must be (x1, y1, x2, y2) with {axis}2 >= {axis}1, got boxes[{row}] = "
+                f"{_format_box(boxes[row])}"
+            )
+    if classes.numel():
+        low, high = int(values[5]), int(values[6])
+        if low < 0:
+            raise ValueError(f"classes must be >= 0, got a class id of {low}")
+        if high >= num_classes:
+            raise ValueError(
+                f"classes hold ids up to {high} but num_classes={num_classes}; pass "
+                f"num_classes >= {high + 1}"
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# Registration: fully (kernel, fake kernel, autograd) or, where torch.library lacks
+# custom_op, not at all, in which case label_pooling calls the kernel directly.
+
+
+def _register() -> object | None:
+    if not hasattr(torch.library, "custom_op"):
+        return None
+
+    @torch.library.custom_op("dali_relabel::label_pooling", mutates_args=())
+    def op(
+        scores: Tensor,
+        classes: Tensor,
+        boxes: Tensor,
+        num_classes: int,
+        output_height: int,
+        output_width: int,
+        flip: Tensor | None,
+    ) -> Tensor:
+        return _label_pooling_kernel(
+            scores, classes, boxes, num_classes, output_height, output_width, flip
+        )
+
+    @op.register_fake
+    def _(scores, classes, boxes, num_classes, output_height, output_width, flip):
+        _check_static(scores, classes, boxes, num_classes, flip)
+        _pair((output_height, output_width))
+        shape = (scores.shape[0], num_classes, output_height, output_width)
+        return scores.new_empty(shape, dtype=_compute_dtype(scores.dtype))
+
+    def setup_context(ctx, inputs, output):
+        scores, classes, boxes, _, _, _, flip = inputs
+        ctx.save_for_backward(classes, boxes, flip)
+        ctx.scores_dtype = scores.dtype
+
+    def backward(ctx, grad):
+        classes, boxes, flip = ctx.saved_tensors
+        height, width = classes.shape[2:]
+        grad_scores = _label_pooling_grad(grad, classes, boxes, flip, height, width)
+        return grad_scores.to(ctx.scores_dtype), None, None, None, None, None, None
+
+    op.register_autograd(backward, setup_context=setup_context)
+    return op
+
+
+_OP = _register()
+
+
+# ---------------------------------------------------------------------------------------
+# Public surface.
+
+
+def label_pooling(
+    scores: Tensor,
+    classes: Tensor,
+    boxes: Tensor,
+    num_classes: int,
+    output_size: int | tuple[int, int] = 1,
+    flip: Tensor | None = None,
+    *,
+    validate: bool = True,
+) -> Tensor:
+    """Pools sparse top-k label maps over crop boxes, as ROIAlign on the dense maps would.
+
+    The result equals, for every box, densifying the map to Tensor[B, C, H, W] (zeros, then
+    ``scores`` written at ``classes``) and calling ``torchvision.ops.roi_align(dense, rois,
+    output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False)`` with
+    ``rois[b] = (b, x1 * W - 0.5, y1 * H - 0.5, x2 * W - 0.5, y2 * H - 0.5)``, the mapping
+    of ReLabel's ``get_relabel``. The dense map is never built.
+
+    Convention: label maps are in image orientation, row 0 at the top of the image and
+    column 0 at its left; x runs along W and y along H. Grid cell (i, j) covers the image
+    rectangle [j / W, (j + 1) / W] x [i / H, (i + 1) / H], so its centre sits at grid
+    coordinate (i, j) after the ``- 0.5``. Example: on a 15-wide grid, x1 = 0.2 becomes
+    0.2 * 15 - 0.5 = 2.5, halfway between the centres of columns 2 and 3; the full box
+    (0, 0, 1, 1) becomes [-0.5, 14.5] and its 1x1 output is the mean of all 225 cells.
+
+    Note:
+        The official ReLabel code passes its crop coordinates in (top, left, bottom,
+        right) order where ROIAlign expects (x1, y1, x2, y2), and scales both axes by the
+        map width. Its label maps therefore pair with transposed boxes; they are
+        transposed once when imported into a store, and this op uses the convention above.
+
+    Args:
+        scores (Tensor[B, K, H, W]): top-k label-map scores (float16, bfloat16, float32 or
+            float64). Classes outside the top k count as score 0.
+        classes (Tensor[B, K, H, W]): class id of each score, an integer tensor (uint8,
+            int8, int16, int32 or int64) with values in [0, num_classes).
+        boxes (Tensor[B, 4]): one crop per label map, (x1, y1, x2, y2) normalized to
+            [0, 1] by the original image's width and height, x1 <= x2 and y1 <= y2.
+            Coordinates up to 1e-6 outside [0, 1] are accepted and clamped.
+        num_classes (int): number of classes C of the output.
+        output_size (int or Tuple[int, int]): (h, w) cells of the pooled output; 1 gives
+            one global target per box, more gives local targets. Default: 1.
+        flip (Tensor[B] of bool, optional): True where the crop was mirrored horizontally
+            after cropping; the output cells of that row are mirrored along w so that
+            they match the mirrored image. Global (1x1) outputs do not change.
+            Default: None (no flips).
+        validate (bool): check box ranges and class ids against the data. On CUDA this
+            costs one host sync; pass False in a training loop once the store is verified.
+            Under ``torch.compile`` these data checks are skipped (shape, type and device
+            checks still run). Default: True.
+
+    Returns:
+        Tensor[B, C] when ``output_size`` is 1 or (1, 1), else Tensor[B, C, h, w]. float32
+        for float16 or bfloat16 scores (computed in float32), else the dtype of ``scores``,
+        on the device of the inputs.
+    """
+    out_h, out_w = _pair(output_size)
+    _check_static(scores, classes, boxes, num_classes, flip)
+    if validate and not torch.compiler.is_compiling():
+        _check_values(classes, boxes, num_classes)
+    if _OP is not None:
+        out = torch.ops.dali_relabel.label_pooling(
+            scores, classes, boxes, num_classes, out_h, out_w, flip
+        )
+    else:
+        out = _label_pooling_kernel(scores, classes, boxes, num_classes, out_h, out_w, flip)
+    return out.flatten(1) if (out_h, out_w) == (1, 1) else out
+
+
+def relabel_targets(
+    scores: Tensor,
+    classes: Tensor,
+    boxes: Tensor,
+    num_classes: int,
+    output_size: int | tuple[int, int] = 1,
+    flip: Tensor | None = None,
+    temperature: float = 1.0,
+    *,
+    validate: bool = True,
+) -> Tensor:
+    """ReLabel's training targets: softmax over classes of :func:`label_pooling` / temperature.
+
+    Classes outside the top k take part in the softmax with score 0, as in the paper's
+    ``get_relabel``.
+
+    Args:
+        scores, classes, boxes, num_classes, output_size, flip, validate: as in
+            :func:`label_pooling`.
+        temperature (float): divides the pooled scores before the softmax; above 1
+            flattens the targets. Default: 1.0 (the paper).
+
+    Returns:
+        Class probabilities summing to 1 over dim 1: Tensor[B, C] for a 1x1 output_size,
+        else Tensor[B, C, h, w]; dtype and device as in :func:`label_pooling`.
+    """
+    _check_temperature(temperature)
+    pooled = label_pooling(
+        scores, classes, boxes, num_classes, output_size, flip, validate=validate
+    )
+    return torch.softmax(pooled / temperature, dim=1)
+
+
+def _check_temperature(temperature: float) -> None:
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not (temperature > 0 and temperature != float("inf"))
+    ):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+
+
+class LabelPooling(nn.Module):
+    """Module form of :func:`label_pooling` (and, with ``softmax=True``, of
+    :func:`relabel_targets`), as ``torchvision.ops.RoIAlign`` pairs ``roi_align``.
+
+    Args:
+        num_classes (int): see :func:`label_pooling`.
+        output_size (int or Tuple[int, int]): see :func:`label_pooling`. Default: 1.
+        softmax (bool): return ReLabel's targets (softmax over classes) instead of the
+            pooled scores. Default: False.
+        temperature (float): see :func:`relabel_targets`; only with ``softmax=True``.
+            Default: 1.0.
+        validate (bool): see :func:`label_pooling`. Default: True.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        output_size: int | tuple[int, int] = 1,
+        softmax: bool = False,
+        temperature: float = 1.0,
+        *,
+        validate: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        _pair(output_size)
+        _check_temperature(temperature)
+        if not softmax and temperature != 1.0:
+            raise ValueError(
+                f"temperature={temperature} only applies with softmax=True; pass "
+                f"softmax=True or leave temperature at 1.0"
+            )
+        self.num_classes = num_classes
+        self.output_size = output_size
+        self.softmax = softmax
+        self.temperature = temperature
+        self.validate = validate
+
+    def forward(
+        self, scores: Tensor, classes: Tensor, boxes: Tensor, flip: Tensor | None = None
+    ) -> Tensor:
+        """Args and returns: see :func:`label_pooling` and :func:`relabel_targets`."""
+        if self.softmax:
+            return relabel_targets(
+                scores,
+                classes,
+                boxes,
+                self.num_classes,
+                self.output_size,
+                flip,
+                self.temperature,
+                validate=self.validate,
+            )
+        return label_pooling(
+            scores,
+            classes,
+            boxes,
+            self.num_classes,
+            self.output_size,
+            flip,
+            validate=self.validate,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(num_classes={self.num_classes}, "
+            f"output_size={self.output_size}, softmax={self.softmax}, "
+            f"temperature={self.temperature}, validate={self.validate})"
+        )
