@@ -1,0 +1,346 @@
+"""The sample list of an ImageFolder tree: files, keys, class table, and bad-file checks.
+
+Follows ``torchvision.datasets.ImageFolder``: every folder directly under the root is a
+class, folders sorted by name give the class order, and the images inside a class folder
+(at any depth) are its samples, in sorted order. A sample's *key* is its path relative
+to the root without the extension (``n02124075/n02124075_3``), the key a label-map store
+records for it. The DALI loader reads the files in the order this list gives them and
+uses positions in it, the *sample indices*, to join images with labels and label maps;
+:class:`ShardSampler` says which sample indices one rank reads in one epoch, in which order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dali_relabel.errors import StoreMismatchError
+
+__all__ = [
+    "IMG_EXTENSIONS",
+    "ImageFolderList",
+    "ShardSampler",
+    "check_image_file",
+    "find_bad_images",
+    "scan_image_folder",
+]
+
+#: Extensions listed as images (torchvision's list); DALI decodes all of them.
+IMG_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".ppm",
+    ".bmp",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+)
+
+# Leading bytes of the formats DALI's image decoders read (see fn.decoders.image).
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "jpeg2000"),
+    (b"\xff\x4f\xff\x51", "jpeg2000"),
+    (b"P1", "pnm"),
+    (b"P2", "pnm"),
+    (b"P3", "pnm"),
+    (b"P4", "pnm"),
+    (b"P5", "pnm"),
+    (b"P6", "pnm"),
+)
+
+
+def _class_folders(root: Path) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+
+
+def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in sorted(os.walk(folder, followlinks=True)):
+        dirnames.sort()
+        found += [Path(dirpath, n) for n in sorted(filenames) if n.lower().endswith(extensions)]
+    return found
+
+
+def scan_image_folder(
+    root: str | Path, *, extensions: Sequence[str] = IMG_EXTENSIONS
+) -> list[tuple[str, Path]]:
+    """(key, path) of every image in the class folders under ``root``, in sample order.
+
+    Args:
+        root: an ImageFolder tree (class folders directly under it, e.g. ``imagenet/train``).
+        extensions: file name endings counted as images, case-insensitive.
+            Default: :data:`IMG_EXTENSIONS`.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a folder")
+    exts = tuple(e.lower() for e in extensions)
+    out = []
+    for folder in _class_folders(root):
+        for path in _image_files(root / folder, exts):
+            out.append((path.relative_to(root).with_suffix("").as_posix(), path))
+    return out
+
+
+class ImageFolderList:
+    """The samples of an ImageFolder tree; what ``ReLabelLoader.dataset`` is.
+
+    Make one with :meth:`scan`. It holds no images: ``dataset[i]`` is ``(path,
+    class_index)`` as in ``samples``. Attributes follow ``torchvision.datasets.ImageFolder``:
+
+    Attributes:
+        root: the tree's root folder.
+        classes: class identifiers in class-index order. The folder names when no class
+            table is given, else that table (e.g. the 1,000 ImageNet WordNet ids of a
+            label-map store), so that ``classes[label] == folder`` always holds.
+        class_to_idx: class identifier -> class index.
+        folders: the class folder names found under ``root``, sorted.
+        samples: ``(path, class_index)`` per sample, in sample order.
+        targets: class index per sample.
+        keys: sample keys (relative path without extension), the join key of label maps.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        classes: Sequence[str],
+        folders: Sequence[str],
+        keys: Sequence[str],
+        paths: Sequence[Path],
+        targets: Sequence[int],
+    ) -> None:
+        self.root = root
+        self.classes = list(classes)
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.folders = list(folders)
+        self.keys = list(keys)
+        self.paths = list(paths)
+        self.targets = list(targets)
+
+    @classmethod
+    def scan(
+        cls,
+        root: str | Path,
+        *,
+        class_names: Sequence[str] | None = None,
+        extensions: Sequence[str] = IMG_EXTENSIONS,
+    ) -> ImageFolderList:
+        """List the images under ``root`` and give each its class index.
+
+        Args:
+            root: an ImageFolder tree (class folders directly under it).
+            class_names: the class table of the labels (e.g. ``store.class_names``); each
+                folder's class index is its position there. Default: None (sorted folder
+                order, as ImageFolder).
+            extensions: file name endings counted as images. Default: :data:`IMG_EXTENSIONS`.
+        """
+        root = Path(root)
+        found = scan_image_folder(root, extensions=extensions)
+        folders = _class_folders(root)
+        if not folders:
+            raise FileNotFoundError(
+                f"image folder {str(root)!r} has no class folders; root must be an ImageFolder "
+                "tree with one folder per class (e.g. imagenet/train/n01440764/*.JPEG)"
+            )
+        used = {key.split("/", 1)[0] for key, _ in found}
+        empty = [f for f in folders if f not in used]
+        if empty:
+            raise FileNotFoundError(
+                f"{len(empty):,} of {len(folders):,} class folders under {str(root)!r} hold no "
+                f"images with an extension in {tuple(extensions)} (first: {', '.join(empty[:3])})"
+            )
+        classes = list(folders) if class_names is None else list(class_names)
+        class_to_idx = {name: i for i, name in enumerate(classes)}
+        unknown = [f for f in folders if f not in class_to_idx]
+        if unknown:
+            raise StoreMismatchError(
+                f"{len(unknown):,} class folders under {str(root)!r} are not in the label map "
+                f"store's class table of {len(classes):,} classes (first: "
+                f"{', '.join(unknown[:3])}; the table starts {', '.join(classes[:3])})"
+            )
+        keys = [key for key, _ in found]
+        if len(set(keys)) != len(keys):
+            seen: set[str] = set()
+            dupes = [k for k in keys if k in seen or seen.add(k)]
+            raise ValueError(
+                f"{len(dupes):,} images under {str(root)!r} share a path without extension with "
+                f"another image (first: {dupes[0]}); keys must be unique to join label maps"
+            )
+        targets = [class_to_idx[key.split("/", 1)[0]] for key in keys]
+        return cls(root, classes, folders, keys, [p for _, p in found], targets)
+
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        return [(str(p), t) for p, t in zip(self.paths, self.targets, strict=True)]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> tuple[str, int]:
+        return str(self.paths[index]), self.targets[index]
+
+    def relative_paths(self) -> list[str]:
+        """Sample paths relative to :attr:`root`, with ``/``."""
+        return [p.relative_to(self.root).as_posix() for p in self.paths]
+
+    def subset(self, keep: Iterable[int]) -> ImageFolderList:
+        """The samples at positions ``keep`` (renumbered from 0), same class table."""
+        keep = list(keep)
+        return ImageFolderList(
+            self.root,
+            self.classes,
+            self.folders,
+            [self.keys[i] for i in keep],
+            [self.paths[i] for i in keep],
+            [self.targets[i] for i in keep],
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageFolderList({str(self.root)!r}, samples={len(self)}, "
+            f"folders={len(self.folders)}, classes={len(self.classes)})"
+        )
+
+
+class ShardSampler:
+    """The sample indices one rank reads in one epoch, with DistributedSampler's contract.
+
+    Epoch ``e`` permutes all samples with ``seed`` and ``e`` (the same on every rank),
+    and rank ``r`` takes every ``world_size``-th index from position ``r``. With
+    ``even=True`` (training) every rank gets the same count, as DistributedSampler
+    gives: the permutation is padded by repeating its start (at most ``world_size - 1``
+    samples, so that ranks step in lockstep under DDP) or, with ``drop_last``, cut to a
+    multiple of ``world_size``. With ``even=False`` (evaluation) the shards are disjoint
+    and cover every sample exactly once; their sizes differ by at most one.
+
+    Args:
+        num_samples: samples in the dataset.
+        shuffle: permute per epoch; False keeps sample order.
+        seed: seed of the permutations.
+        rank: this process's shard, in [0, world_size).
+        world_size: number of shards.
+        drop_last: with ``even``, cut instead of pad.
+        even: equal shard sizes (see above).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        rank: int,
+        world_size: int,
+        drop_last: bool,
+        even: bool,
+    ) -> None:
+        self.num_samples = num_samples
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        self.even = even
+        #: The epoch the next iteration of the loader runs.
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration run epoch ``epoch`` (its order depends on seed and epoch)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def indices(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's sample indices of ``epoch`` (default: :attr:`epoch`), int64."""
+        epoch = self.epoch if epoch is None else epoch
+        n, w = self.num_samples, self.world_size
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        else:
+            order = np.arange(n, dtype=np.int64)
+        if self.even and w > 1:
+            total = (n // w) * w if self.drop_last else -(-n // w) * w
+            order = order[:total] if total <= n else np.concatenate([order, order[: total - n]])
+        return order[self.rank :: w].astype(np.int64)
+
+    def __len__(self) -> int:
+        n, w = self.num_samples, self.world_size
+        if self.even and w > 1:
+            return n // w if self.drop_last else -(-n // w)
+        return len(range(self.rank, n, w))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+
+def check_image_file(path: str | Path, *, full: bool = False) -> str | None:
+    """Why DALI would fail to decode ``path``, or None when it looks decodable.
+
+    The cheap check reads the first bytes (the format's signature) and, for JPEG, the
+    last ones: a JPEG cut short lacks its end-of-image marker, and only then is it
+    decoded fully with Pillow to tell a truncated file from a merely untidy end. Other
+    formats are opened and verified by Pillow. ``full=True`` decodes every file.
+
+    Args:
+        path: the image file.
+        full: decode the whole image with Pillow whatever the checks say. Default: False.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(max(0, size - 64))
+            tail = f.read()
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if size == 0:
+        return "is empty"
+    kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    if kind is None:
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            kind = "webp"
+        else:
+            return f"is not an image (starts with {head[:8]!r})"
+    if kind == "jpeg" and not full and b"\xff\xd9" in tail:
+        return None
+    return _pillow_check(path, decode=full or kind == "jpeg")
+
+
+def _pillow_check(path: str | Path, *, decode: bool) -> str | None:
+    # With ImageFile.LOAD_TRUNCATED_IMAGES set (by the calling script) Pillow accepts
+    # truncated files; DALI then names such a file when it fails on it.
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load() if decode else im.verify()
+    except Exception as e:  # Pillow raises many types for broken files
+        return f"cannot be decoded ({type(e).__name__}: {e})"
+    return None
+
+
+def find_bad_images(
+    paths: Sequence[str | Path], *, full: bool = False, workers: int = 16
+) -> list[tuple[int, str]]:
+    """(position, reason) of every file in ``paths`` that :func:`check_image_file` rejects.
+
+    Args:
+        paths: image files.
+        full: decode every file fully (slow: ImageNet takes about 10 CPU-minutes).
+            Default: False.
+        workers: threads reading files (I/O bound). Default: 16.
+    """
+    with cf.ThreadPoolExecutor(max(1, workers)) as pool:
+        reasons = list(pool.map(lambda p: check_image_file(p, full=full), paths, chunksize=64))
+    return [(i, r) for i, r in enumerate(reasons) if r is not None]
