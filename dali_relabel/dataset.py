@@ -271,7 +271,7 @@ class ShardSampler:
             order = np.arange(n, dtype=np.int64)
         if self.even and w > 1:
             total = (n // w) * w if self.drop_last else -(-n // w) * w
-            order = order[:total] if total <= n else np.concatenate([order, order[: total - n]])
+            order = np.resize(order, total)  # cut, or pad by repeating from the start
         return order[self.rank :: w].astype(np.int64)
 
     def __len__(self) -> int:

@@ -394,3 +394,24 @@ def test_jpeg_bytes_round_trip_helper():
     Image.fromarray(np.full((40, 50, 3), _code_colour(37))).save(buf, "JPEG", quality=95)
     decoded = np.asarray(Image.open(buf)).reshape(-1, 3).mean(0)
     assert np.abs(decoded - _code_colour(37)).max() < 8
+
+
+# -- GPU: "mixed" decoding, maps on the device or streamed, pooling on the device ---------
+@pytest.mark.gpu
+@pytest.mark.parametrize("memory", ["device", "stream"])
+def test_gpu_batches_join_by_identity(coded, memory):
+    loader = _coded_loader(coded, device="cuda", label_map_memory=memory, seed=1)
+    assert loader.label_map_memory == memory
+    ids = []
+    for images, soft, hard in loader:
+        assert images.is_cuda and soft.is_cuda and hard.is_cuda
+        batch_ids = _decode_ids(images.cpu())
+        assert soft.argmax(1).tolist() == batch_ids
+        assert hard.tolist() == [i // CODED_PER_CLASS for i in batch_ids]
+        ids += batch_ids
+    assert sorted(ids) == list(range(CODED_N))
+    half = _coded_loader(
+        coded, device="cuda", dtype=torch.float16, memory_format=torch.channels_last
+    )
+    images = next(iter(half))[0]
+    assert images.dtype == torch.float16 and images.is_contiguous(memory_format=torch.channels_last)

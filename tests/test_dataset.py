@@ -1,0 +1,164 @@
+"""The ImageFolder sample list, the per-epoch shard order, and the bad-file checks."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torchvision
+from PIL import Image
+
+from dali_relabel.cli import main
+from dali_relabel.dataset import (
+    ImageFolderList,
+    ShardSampler,
+    check_image_file,
+    find_bad_images,
+    scan_image_folder,
+)
+from dali_relabel.errors import StoreMismatchError
+from dali_relabel.imagenet import imagenet_wnids
+
+
+@pytest.fixture
+def tree(sample_data, tmp_path):
+    """The sample photos plus what ImageFolder also handles: nesting, case, stray files."""
+    root = tmp_path / "train"
+    shutil.copytree(sample_data.train, root)
+    cat = root / "n02124075"
+    (cat / "nested").mkdir()
+    shutil.copy(cat / "n02124075_1.JPEG", cat / "nested" / "deep.jpg")
+    shutil.copy(cat / "n02124075_2.JPEG", cat / "UPPER.JPG")
+    (cat / "notes.txt").write_text("not an image")
+    (root / "stray.JPEG").write_bytes((cat / "n02124075_3.JPEG").read_bytes())
+    return root
+
+
+def test_order_and_classes_match_torchvision_image_folder(tree):
+    ours = ImageFolderList.scan(tree)
+    theirs = torchvision.datasets.ImageFolder(str(tree))
+    assert ours.samples == theirs.samples
+    assert ours.classes == theirs.classes == ours.folders
+    assert ours.class_to_idx == theirs.class_to_idx
+    assert ours.targets == theirs.targets and len(ours) == len(theirs) == 42
+    assert "n02124075/nested/deep" in ours.keys and "n02124075/UPPER" in ours.keys
+    assert [key for key, _ in scan_image_folder(tree)] == ours.keys
+    assert ours.relative_paths()[0] == "n02124075/UPPER.JPG"
+    assert ours[0] == ours.samples[0]
+
+
+def test_class_table_maps_folders_to_its_indices(sample_data):
+    wnids = imagenet_wnids()
+    ours = ImageFolderList.scan(sample_data.train, class_names=wnids)
+    assert ours.classes == list(wnids) and len(ours.folders) == 5
+    assert ours.targets == list(sample_data.labels)
+    assert all(
+        ours.classes[t] == k.split("/")[0] for k, t in zip(ours.keys, ours.targets, strict=True)
+    )
+    with pytest.raises(StoreMismatchError, match=r"5 class folders .* not in"):
+        ImageFolderList.scan(sample_data.train, class_names=["a", "b"])
+
+
+def test_duplicate_keys_and_empty_trees(sample_data, tmp_path):
+    root = tmp_path / "train"
+    shutil.copytree(sample_data.train, root)
+    Image.new("RGB", (8, 8)).save(root / "n02124075" / "n02124075_0.png")
+    with pytest.raises(ValueError, match=r"1 images .* share a path without extension"):
+        ImageFolderList.scan(root)
+    with pytest.raises(FileNotFoundError, match="has no class folders"):
+        ImageFolderList.scan(tmp_path / "train" / "n02124075")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        scan_image_folder(tmp_path / "nothing")
+
+
+def test_subset_keeps_the_class_table(sample_data):
+    full = ImageFolderList.scan(sample_data.train, class_names=imagenet_wnids())
+    part = full.subset([39, 0])
+    assert part.keys == [full.keys[39], full.keys[0]]
+    assert part.targets == [full.targets[39], full.targets[0]] and part.classes == full.classes
+
+
+@pytest.mark.parametrize("n", [1, 7, 30, 41])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_shards_partition_each_epoch(n, world_size, drop_last):
+    def shards(even, epoch):
+        out = []
+        for rank in range(world_size):
+            sampler = ShardSampler(
+                n,
+                shuffle=True,
+                seed=7,
+                rank=rank,
+                world_size=world_size,
+                drop_last=drop_last,
+                even=even,
+            )
+            sampler.set_epoch(epoch)
+            assert len(list(sampler)) == len(sampler)
+            out.append(sampler.indices())
+        return out
+
+    # evaluation: disjoint, every sample once, sizes within one
+    ev = shards(False, 0)
+    assert sorted(np.concatenate(ev).tolist()) == list(range(n))
+    assert max(map(len, ev)) - min(map(len, ev)) <= 1
+    # training: equal sizes; padding repeats < world_size samples, cutting drops < world_size
+    tr = shards(True, 0)
+    assert len({len(s) for s in tr}) == 1
+    flat = np.concatenate(tr)
+    if drop_last:
+        assert len(set(flat.tolist())) == len(flat) == (n // world_size) * world_size
+    else:
+        assert set(flat.tolist()) == set(range(n)) and len(flat) - n < world_size
+    # a seeded order: the same for the same epoch, another for the next
+    assert all(np.array_equal(a, b) for a, b in zip(tr, shards(True, 0), strict=True))
+    if n > 2 and world_size == 1:
+        assert not np.array_equal(tr[0], shards(True, 1)[0])
+
+
+def test_sampler_rejects_bad_epochs():
+    sampler = ShardSampler(
+        4, shuffle=False, seed=0, rank=0, world_size=1, drop_last=False, even=True
+    )
+    assert list(sampler) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="epoch must be an int >= 0"):
+        sampler.set_epoch(-1)
+
+
+def test_bad_file_checks(sample_data, tmp_path):
+    good = sample_data.train / "n02124075" / "n02124075_0.JPEG"
+    raw = good.read_bytes()
+    files = {
+        "good.JPEG": raw,
+        "trailing_bytes.JPEG": raw + b"\x00" * 100,  # decodes fine: no false alarm
+        "truncated.JPEG": raw[: len(raw) // 2],
+        "text.JPEG": b"hello\n" * 20,
+        "empty.JPEG": b"",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    photo = Image.open(good)
+    photo.save(tmp_path / "png.JPEG", "PNG")
+    photo.convert("CMYK").save(tmp_path / "cmyk.JPEG", "JPEG")
+    photo.convert("L").save(tmp_path / "gray.JPEG", "JPEG")
+    png = (tmp_path / "png.JPEG").read_bytes()
+    (tmp_path / "bad_png.JPEG").write_bytes(png[:-200])
+    assert check_image_file(tmp_path / "good.JPEG") is None
+    assert check_image_file(tmp_path / "good.JPEG", full=True) is None
+    for name in ("trailing_bytes", "png", "cmyk", "gray"):
+        assert check_image_file(tmp_path / f"{name}.JPEG") is None, name
+    assert "cannot be decoded" in check_image_file(tmp_path / "truncated.JPEG")
+    assert "is not an image" in check_image_file(tmp_path / "text.JPEG")
+    assert check_image_file(tmp_path / "empty.JPEG") == "is empty"
+    assert "cannot be decoded" in check_image_file(tmp_path / "bad_png.JPEG")
+    assert "cannot be read" in check_image_file(tmp_path / "missing.JPEG")
+    paths = sorted(tmp_path.iterdir())
+    bad = {paths[i].name for i, _ in find_bad_images(paths, workers=2)}
+    assert bad == {"truncated.JPEG", "text.JPEG", "empty.JPEG", "bad_png.JPEG"}
+
+
+def test_verify_command_uses_the_scan(sample_data, sample_store, capsys):
+    assert main(["verify", sample_store.path, "--images", str(sample_data.train)]) == 0
+    assert "0 images without a label map" in capsys.readouterr().out
