@@ -7,7 +7,11 @@ code computes) and a float64 Python loop written from the ROIAlign formula below
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -176,6 +180,15 @@ def test_class_dtypes(class_dtype):
     torch.testing.assert_close(out, label_pooling(scores, classes, boxes, 100), rtol=0, atol=0)
 
 
+def test_local_output_with_int16_classes_and_many_classes():
+    # class * cells would overflow int16 (5999 * 6 > 32767) if computed in the input dtype.
+    scores, classes = random_maps(30, 3, 15, 15, num_classes=6000, dtype=torch.float32)
+    boxes = random_boxes(30)
+    out = label_pooling(scores, classes.short(), boxes, 6000, (2, 3))
+    expected = dense_reference(scores, classes, boxes, 6000, (2, 3))
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
 def test_output_dtype_and_shapes():
     scores, classes = random_maps(6, 2, 15, 15, num_classes=8, dtype=torch.float16)
     boxes = random_boxes(6, dtype=torch.float64)
@@ -339,6 +352,54 @@ def test_torch_compile_inductor():
     torch.testing.assert_close(compiled(scores, classes, boxes), expected, rtol=0, atol=1e-6)
 
 
+# The CUDA kernel is Triton; its CPU interpreter runs the same program on CPU tensors, so
+# its arithmetic is checked here even without a GPU. The interpreter reads TRITON_INTERPRET
+# when a kernel is defined, hence the subprocess.
+TRITON_CASES = [
+    # dtype, class dtype, grid, output_size, with flips
+    (torch.float32, torch.int64, (15, 11), (2, 3), True),
+    (torch.float64, torch.int32, (15, 15), (1, 1), False),
+    (torch.float16, torch.uint8, (11, 15), (3, 2), False),
+]
+
+TRITON_SCRIPT = """
+import sys, torch
+from dali_relabel.ops._label_pooling_triton import label_pooling_triton
+cases, path = torch.load(sys.argv[1]), sys.argv[2]
+torch.save([label_pooling_triton(*case) for case in cases], path)
+"""
+
+
+def test_triton_kernel_under_interpreter(tmp_path):
+    pytest.importorskip("triton")
+    cases, expected = [], []
+    for dtype, class_dtype, grid, output_size, flips in TRITON_CASES:
+        scores, classes = random_maps(30, 3, *grid, num_classes=12, dtype=dtype)
+        boxes = random_boxes(30, seed=7)
+        flip = torch.arange(30) % 3 == 0 if flips else None
+        cases.append((scores, classes.to(class_dtype), boxes, 12, *output_size, flip))
+        pooled = dense_reference(scores, classes, boxes, 12, output_size)
+        expected.append(
+            pooled
+            if flip is None
+            else torch.where(flip[:, None, None, None], pooled.flip(-1), pooled)
+        )
+    torch.save(cases, tmp_path / "cases.pt")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    subprocess.run(
+        [sys.executable, "-c", TRITON_SCRIPT, tmp_path / "cases.pt", tmp_path / "out.pt"],
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    for (dtype, *_), out, ref in zip(
+        TRITON_CASES, torch.load(tmp_path / "out.pt"), expected, strict=True
+    ):
+        assert out.dtype == ref.dtype
+        torch.testing.assert_close(out, ref, rtol=0, atol=TOLERANCE[dtype])
+
+
 # ---------------------------------------------------------------------------------------
 # Bad input: every message names the argument and the value received.
 
@@ -425,7 +486,32 @@ def test_cuda_matches_roi_align(dtype, output_size):
     expected = dense_reference(scores, classes, boxes, 100, output_size)
     assert out.device == scores.device
     torch.testing.assert_close(out, expected, rtol=0, atol=TOLERANCE[dtype])
-    torch.testing.assert_close(out.cpu(), expected.cpu(), rtol=0, atol=TOLERANCE[dtype])
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_local_flips_and_gradient(deterministic):
+    scores, classes = random_maps(300, 5, 15, 15, num_classes=50, dtype=torch.float32)
+    boxes, flip = random_boxes(300), torch.arange(300) % 2 == 0
+    cpu = label_pooling(scores, classes, boxes, 50, (2, 3), flip)
+    scores = scores.cuda().requires_grad_()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        out = label_pooling(scores, classes.cuda(), boxes.cuda(), 50, (2, 3), flip.cuda())
+        out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    torch.testing.assert_close(out.cpu(), cpu, rtol=0, atol=1e-5)
+    assert scores.grad is not None and scores.grad.shape == scores.shape
+
+
+@pytest.mark.gpu
+@CUDA
+def test_cuda_opcheck():
+    for args in _op_samples():
+        cuda = tuple(a.detach().cuda() if isinstance(a, torch.Tensor) else a for a in args)
+        torch.library.opcheck(torch.ops.dali_relabel.label_pooling.default, cuda)
 
 
 @pytest.mark.gpu
