@@ -208,7 +208,7 @@ def _dali_loader(data, store, args):
     return batches()
 
 
-def _relabel_loader(in_memory):
+def _relabel_loader(memory):
     def make(data, store, args):
         from dali_relabel import LabelMapStore, ReLabelLoader
 
@@ -222,7 +222,7 @@ def _relabel_loader(in_memory):
             device=args.device,
             drop_last=True,
             targets="soft",
-            label_maps_in_memory=in_memory,
+            label_map_memory=memory,
         )
 
         def batches():
@@ -238,8 +238,8 @@ _FACTORIES = {
     "official": _official_loader,
     "torchvision": _torchvision_loader,
     "dali": _dali_loader,
-    "relabel_memory": _relabel_loader(True),
-    "relabel_stream": _relabel_loader(False),
+    "relabel_memory": _relabel_loader("auto"),  # host memory on CPU, GPU memory on a GPU
+    "relabel_stream": _relabel_loader("stream"),
 }
 
 
