@@ -10,8 +10,9 @@ Paths timed in one run, per batch size and device:
 Inputs are what the store holds: float16 scores and int16 classes, k=5, 15x15, C=1000.
 
 Each path: warm-up, then the median, min and max over timed windows of several calls
-(torch.cuda.Event timing on CUDA, with the peak memory the path allocates). ``speedup`` is
-dense / candidate (medians); ``max_abs_diff`` compares candidate and dense targets.
+(torch.cuda.Event timing on CUDA, with the peak memory the path allocates; on CPU also the
+process CPU time per call). ``speedup`` is dense / candidate (medians); ``max_abs_diff``
+compares candidate and dense targets.
 
 Usage: python benchmarks/label_pooling.py [--device all|cpu|cuda] [--out PATH]
 """
@@ -81,6 +82,7 @@ def time_path(fn: Callable[[], Any], device: str, windows: int, window_s: float)
     sync = torch.cuda.synchronize if cuda else lambda: None
     calls = _calls_per_window(fn, window_s, sync)
     times = []
+    cpu_start = time.process_time()
     for _ in range(windows):
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -101,6 +103,10 @@ def time_path(fn: Callable[[], Any], device: str, windows: int, window_s: float)
         "max_s": max(times),
         "calls_per_window": calls,
     }
+    if not cuda:
+        # CPU seconds of the process (all threads) per call: on a shared machine this moves
+        # less than wall time when other processes take the cores.
+        result["cpu_time_s"] = (time.process_time() - cpu_start) / (windows * calls)
     if cuda:
         sync()
         torch.cuda.reset_peak_memory_stats()

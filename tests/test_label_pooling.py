@@ -165,6 +165,15 @@ def test_float32_matches_loop_reference_on_edge_boxes():
     torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5)
 
 
+def test_worked_example_of_the_docs():
+    # x1 = 0.2 -> 2.5 and x2 = 0.6 -> 8.5 on a 15-wide grid: six samples on the centres of
+    # columns 3..8; y spans the full height: fifteen samples on the row centres.
+    scores, classes = random_maps(1, 1, 15, 15, num_classes=1, dtype=torch.float64)
+    box = torch.tensor([[0.2, 0.0, 0.6, 1.0]], dtype=torch.float64)
+    out = label_pooling(scores, classes, box, 1)
+    torch.testing.assert_close(out[0, 0], scores[0, 0, :, 3:9].mean(), rtol=0, atol=1e-12)
+
+
 def test_full_box_is_mean_of_the_map():
     scores, classes = random_maps(4, 5, 15, 15, num_classes=20, dtype=torch.float64)
     out = label_pooling(scores, classes, torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 4), 20)
