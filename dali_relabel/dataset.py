@@ -15,10 +15,14 @@ import concurrent.futures as cf
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dali_relabel.errors import StoreMismatchError
+from dali_relabel.errors import ImageDecodeError, StoreMismatchError
+
+if TYPE_CHECKING:
+    from dali_relabel.store import LabelMapStore
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -26,6 +30,7 @@ __all__ = [
     "ShardSampler",
     "check_image_file",
     "find_bad_images",
+    "resolve_shard",
     "scan_image_folder",
 ]
 
@@ -133,6 +138,7 @@ class ImageFolderList:
         cls,
         root: str | Path,
         *,
+        store: LabelMapStore | None = None,
         class_names: Sequence[str] | None = None,
         extensions: Sequence[str] = IMG_EXTENSIONS,
     ) -> ImageFolderList:
@@ -140,12 +146,17 @@ class ImageFolderList:
 
         Args:
             root: an ImageFolder tree (class folders directly under it).
-            class_names: the class table of the labels (e.g. ``store.class_names``); each
-                folder's class index is its position there. Default: None (sorted folder
-                order, as ImageFolder).
+            store: the label-map store the labels must agree with: its class table (when
+                it records one) gives the class indices, else its ``num_classes`` must equal
+                the number of folders. Default: None.
+            class_names: the class table of the labels; each folder's class index is its
+                position there. Default: None (the store's, else the sorted folder names,
+                as ImageFolder).
             extensions: file name endings counted as images. Default: :data:`IMG_EXTENSIONS`.
         """
         root = Path(root)
+        if class_names is None and store is not None:
+            class_names = store.class_names
         found = scan_image_folder(root, extensions=extensions)
         folders = _class_folders(root)
         if not folders:
@@ -159,6 +170,12 @@ class ImageFolderList:
             raise FileNotFoundError(
                 f"{len(empty):,} of {len(folders):,} class folders under {str(root)!r} hold no "
                 f"images with an extension in {tuple(extensions)} (first: {', '.join(empty[:3])})"
+            )
+        if store is not None and class_names is None and store.num_classes != len(folders):
+            raise StoreMismatchError(
+                f"label map store {store.path!r} has num_classes={store.num_classes} and no "
+                f"class table, but {str(root)!r} has {len(folders)} class folders; without "
+                "class_names in the store the folders (sorted) must be its classes one to one"
             )
         classes = list(folders) if class_names is None else list(class_names)
         class_to_idx = {name: i for i, name in enumerate(classes)}
@@ -189,6 +206,45 @@ class ImageFolderList:
 
     def __getitem__(self, index: int) -> tuple[str, int]:
         return str(self.paths[index]), self.targets[index]
+
+    def store_rows(self, store: LabelMapStore) -> np.ndarray:
+        """The row of every sample's label map in ``store`` (int64, in sample order).
+
+        Raises StoreMismatchError naming the first images without a label map and their
+        count; label maps without an image are fine (a subset of the store's dataset).
+        """
+        known = set(store.keys)
+        missing = [k for k in self.keys if k not in known]
+        if missing:
+            raise StoreMismatchError(
+                f"label map store {store.path!r} has {len(store):,} keys but {len(self):,} "
+                f"images were found under {str(self.root)!r}: {len(missing):,} images have no "
+                f"label map (first: {', '.join(missing[:3])}). Run `dali-relabel verify "
+                f"{store.path} --images {self.root}` for the list."
+            )
+        return store.indices(self.keys)
+
+    def explain_failure(self, candidates: Sequence[int], message: str) -> ImageDecodeError | None:
+        """An error naming the undecodable files among samples ``candidates``, if any.
+
+        Args:
+            candidates: sample indices that a failed DALI batch may hold.
+            message: DALI's error message; it names the file for some failures only.
+        """
+        rel = self.relative_paths()
+        bad = [(i, "") for i in candidates if rel[i] in message]
+        if not bad:
+            bad = [(i, r) for i in candidates if (r := check_image_file(self.paths[i]))]
+        if not bad:
+            return None
+        i, reason = bad[0]
+        more = f" and {len(bad) - 1} more in the same batches" if len(bad) > 1 else ""
+        detail = reason or message.strip().splitlines()[-1]
+        return ImageDecodeError(
+            f"cannot decode image {self.paths[i]} ({detail}){more}. Remove or replace it, or "
+            "pass on_bad_image='skip' to check every file at construction and leave out the "
+            "ones that fail"
+        )
 
     def relative_paths(self) -> list[str]:
         """Sample paths relative to :attr:`root`, with ``/``."""
@@ -282,6 +338,30 @@ class ShardSampler:
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
+
+
+def resolve_shard(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size), each defaulting to torch.distributed's when it is initialized.
+
+    Args:
+        rank: this process's shard, or None (torch.distributed's rank, else 0).
+        world_size: number of shards, or None (torch.distributed's world size, else 1).
+    """
+    import torch.distributed as dist
+
+    initialized = dist.is_available() and dist.is_initialized()
+    if world_size is None:
+        world_size = dist.get_world_size() if initialized else 1
+    if rank is None:
+        rank = dist.get_rank() if initialized else 0
+    for name, value in (("rank", rank), ("world_size", world_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an int, got {value!r}")
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    return int(rank), int(world_size)
 
 
 def check_image_file(path: str | Path, *, full: bool = False) -> str | None:

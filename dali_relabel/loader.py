@@ -18,7 +18,6 @@ import concurrent.futures as cf
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,10 +28,10 @@ from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_S
 from dali_relabel.dataset import (
     ImageFolderList,
     ShardSampler,
-    check_image_file,
     find_bad_images,
+    resolve_shard,
 )
-from dali_relabel.errors import ImageDecodeError, StoreMismatchError
+from dali_relabel.errors import ImageDecodeError
 from dali_relabel.store import LabelMapStore
 
 __all__ = ["TARGETS", "ReLabelLoader"]
@@ -177,7 +176,7 @@ class ReLabelLoader:
         self.num_threads = _default_threads() if num_threads is None else int(num_threads)
         _check_positive_int("num_threads", self.num_threads)
         self.local_size = _local_size(local_size, self.crop_size)
-        rank, world_size = _resolve_rank(rank, world_size)
+        rank, world_size = resolve_shard(rank, world_size)
         self._mean, self._std = tuple(mean), tuple(std)
         self._scale, self._ratio = tuple(scale), tuple(ratio)
         self._resize_size = (
@@ -185,7 +184,7 @@ class ReLabelLoader:
         )
 
         self.store = _open_store(label_maps)
-        self.dataset = self._scan(Path(root))
+        self.dataset = ImageFolderList.scan(root, store=self.store)
         self.skipped_images: list[tuple[str, str]] = []
         if on_bad_image == "skip":
             self._skip_bad_images()
@@ -226,22 +225,6 @@ class ReLabelLoader:
         self._files = self.dataset.relative_paths()
 
     # -- construction ------------------------------------------------------------------
-    def _scan(self, root: Path) -> ImageFolderList:
-        names = None if self.store is None else self.store.class_names
-        dataset = ImageFolderList.scan(root, class_names=names)
-        if (
-            self.store is not None
-            and names is None
-            and self.store.num_classes != len(dataset.folders)
-        ):
-            raise StoreMismatchError(
-                f"label map store {self.store.path!r} has num_classes={self.store.num_classes} "
-                f"and no class table, but {str(root)!r} has {len(dataset.folders)} class "
-                "folders; without class_names in the store the folders (sorted) must be its "
-                "classes one to one"
-            )
-        return dataset
-
     def _skip_bad_images(self) -> None:
         bad = find_bad_images(self.dataset.paths)
         if not bad:
@@ -263,17 +246,7 @@ class ReLabelLoader:
         store = self.store
         if store is None:  # excluded by __init__'s checks
             raise ValueError("label maps are needed for soft targets")
-        known = set(store.keys)
-        missing = [k for k in self.dataset.keys if k not in known]
-        if missing:
-            raise StoreMismatchError(
-                f"label map store {store.path!r} has {len(store):,} keys but "
-                f"{len(self.dataset):,} images were found under {str(self.dataset.root)!r}: "
-                f"{len(missing):,} images have no label map (first: {', '.join(missing[:3])}). "
-                f"Run `dali-relabel verify {store.path} --images {self.dataset.root}` for the "
-                "list."
-            )
-        rows = store.indices(self.dataset.keys)
+        rows = self.dataset.store_rows(store)
         nbytes = len(rows) * store.k * store.grid[0] * store.grid[1] * 4
         if memory == "auto":
             memory = _auto_memory(nbytes, self.device, store.in_memory)
@@ -450,22 +423,8 @@ class ReLabelLoader:
         """An ImageDecodeError naming the file(s) behind a DALI failure, else ``error``."""
         # DALI computes a few batches ahead: the failure may come from any of them.
         lo = batch * self.batch_size
-        hi = min(len(order), lo + (3 + 2) * self.batch_size)
-        candidates = order[lo:hi].tolist()
-        message = str(error)
-        bad = [(i, "") for i in candidates if self._files[i] in message]
-        if not bad:
-            bad = [(i, r) for i in candidates if (r := check_image_file(self.dataset.paths[i]))]
-        if not bad:
-            return error
-        i, reason = bad[0]
-        more = f" and {len(bad) - 1} more in the same batches" if len(bad) > 1 else ""
-        detail = reason or message.strip().splitlines()[-1]
-        return ImageDecodeError(
-            f"cannot decode image {self.dataset.paths[i]} ({detail}){more}. Remove or replace "
-            "it, or pass on_bad_image='skip' to check every file at construction and leave "
-            "out the ones that fail"
-        )
+        candidates = order[lo : lo + 5 * self.batch_size].tolist()
+        return self.dataset.explain_failure(candidates, str(error)) or error
 
 
 class _Epoch:
@@ -569,21 +528,6 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
     if device.type != "cpu":
         raise ValueError(f"device must be a CUDA device or 'cpu', got {device}")
     return device
-
-
-def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    dist = torch.distributed
-    initialized = dist.is_available() and dist.is_initialized()
-    if world_size is None:
-        world_size = dist.get_world_size() if initialized else 1
-    if rank is None:
-        rank = dist.get_rank() if initialized else 0
-    _check_positive_int("world_size", world_size)
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
-        raise ValueError(f"rank must be an int, got {rank!r}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-    return int(rank), int(world_size)
 
 
 def _default_threads() -> int:
