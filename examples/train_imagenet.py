@@ -1,0 +1,134 @@
+"""Train an ImageNet classifier on ReLabel targets with ReLabelLoader: a short drop-in example.
+
+What changes against a torchvision training script is the loader (one line each for
+train and val) and the loss, a cross-entropy against soft targets:
+``torch.sum(-targets * log_softmax(logits), 1).mean()``.
+
+    # ImageNet, one GPU or torchrun --nproc-per-node 8 ...
+    python examples/train_imagenet.py --data /data/imagenet --label-maps relabel_imagenet.zarr
+    # a few steps on the real-photo sample data, on the CPU, in a temporary folder
+    python examples/train_imagenet.py --sample --steps 3 --crop-size 64 --batch-size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from dali_relabel import ReLabelLoader
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
+
+
+def sample_data(folder: Path) -> tuple[Path, Path]:
+    """The real-photo sample and its label maps in a store: (train folder, store path)."""
+    from dali_relabel.convert import convert
+    from dali_relabel.sample import make_sample_data
+
+    data = make_sample_data(folder, images_per_class=8, label_maps=True)
+    # the sample's maps are written in image orientation already: layout "hw"
+    store = convert(data.label_maps, folder / "maps.zarr", layout="hw", workers=1, progress=False)
+    return data.train, Path(store.path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="ImageNet root holding train/ (and val/)")
+    parser.add_argument("--label-maps", help="label map store of the train/ images")
+    parser.add_argument("--sample", action="store_true", help="use the real-photo sample data")
+    parser.add_argument("--arch", default="resnet18", help="torchvision model (default resnet18)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=None, help="stop each epoch after N steps")
+    parser.add_argument("--batch-size", type=int, default=256, help="per process")
+    parser.add_argument("--crop-size", type=int, default=224)
+    parser.add_argument("--lr", type=float, default=0.1)
+    args = parser.parse_args()
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:  # torchrun; ReLabelLoader takes rank and world size from here
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    device = train_device()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.sample:
+            train_dir, label_maps = sample_data(Path(tmp))
+            val_dir = train_dir
+        else:
+            if args.data is None or args.label_maps is None:
+                parser.error("pass --data and --label-maps, or --sample")
+            train_dir, label_maps, val_dir = args.data / "train", args.label_maps, args.data / "val"
+
+        common = {"crop_size": args.crop_size, "memory_format": torch.channels_last}
+        train_loader = ReLabelLoader(train_dir, label_maps, args.batch_size, **common)
+        val_loader = None
+        if val_dir.is_dir():
+            # hard labels, every image once across processes; the store's class table gives
+            # val's folders the class indices of the soft targets
+            val_loader = ReLabelLoader(
+                val_dir, train_loader.store, args.batch_size, train=False, targets="hard", **common
+            )
+
+        model = torchvision.models.get_model(args.arch, num_classes=train_loader.num_classes)
+        model = model.to(device, memory_format=torch.channels_last)
+        if distributed:
+            model = torch.nn.parallel.DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+        steps = len(train_loader) if args.steps is None else min(args.steps, len(train_loader))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs * steps)
+
+        for epoch in range(args.epochs):
+            train_loader.set_epoch(epoch)  # optional: without it epochs count up by themselves
+            model.train()
+            start = time.perf_counter()
+            for step, (images, targets) in enumerate(train_loader):
+                if step == steps:
+                    break
+                loss = soft_cross_entropy(model(images), targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                if step % 100 == 0 or step == steps - 1:
+                    rate = (step + 1) * len(images) / (time.perf_counter() - start)
+                    print(
+                        f"epoch {epoch} step {step + 1}/{steps} loss {loss.item():.4f} "
+                        f"{rate:.0f} img/s"
+                    )
+            if val_loader is not None:
+                print(f"epoch {epoch} val top-1 {evaluate(model, val_loader, distributed):.2%}")
+
+    if distributed:
+        torch.distributed.destroy_process_group()
+
+
+def train_device() -> torch.device:
+    if torch.cuda.is_available():  # ReLabelLoader's default device too
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: ReLabelLoader, distributed: bool) -> float:
+    model.eval()
+    stats = torch.zeros(2, device=loader.device)  # correct, seen
+    for images, labels in loader:
+        correct = (model(images).argmax(1) == labels).sum()
+        stats += torch.stack([correct.to(stats.dtype), stats.new_tensor(len(labels))])
+    if distributed:
+        torch.distributed.all_reduce(stats)
+    return (stats[0] / stats[1]).item()
+
+
+if __name__ == "__main__":
+    main()
