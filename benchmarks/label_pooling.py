@@ -11,8 +11,14 @@ Inputs are what the store holds: float16 scores and int16 classes, k=5, 15x15, C
 
 Each path: warm-up, then the median, min and max over timed windows of several calls
 (torch.cuda.Event timing on CUDA, with the peak memory the path allocates; on CPU also the
-process CPU time per call). ``speedup`` is dense / candidate (medians); ``max_abs_diff``
-compares candidate and dense targets.
+process CPU time and minor page faults per call). ``speedup`` is dense / candidate
+(medians); ``max_abs_diff`` compares candidate and dense targets.
+
+CPU times depend on the C allocator: a short process hands the op's few-MB temporaries
+back to the kernel after each call and faults them in again, while in a long training run
+glibc has usually raised its thresholds and reuses them. Run with
+MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=67108864 (the maxima glibc reaches
+on its own) to measure that steady state.
 
 Usage: python benchmarks/label_pooling.py [--device all|cpu|cuda] [--out PATH]
 """
@@ -21,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import resource
 import statistics
 import sys
 import time
@@ -83,6 +91,7 @@ def time_path(fn: Callable[[], Any], device: str, windows: int, window_s: float)
     calls = _calls_per_window(fn, window_s, sync)
     times = []
     cpu_start = time.process_time()
+    faults_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(windows):
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -107,6 +116,9 @@ def time_path(fn: Callable[[], Any], device: str, windows: int, window_s: float)
         # CPU seconds of the process (all threads) per call: on a shared machine this moves
         # less than wall time when other processes take the cores.
         result["cpu_time_s"] = (time.process_time() - cpu_start) / (windows * calls)
+        # Fresh memory costs a page fault per 4 KiB; see docs/LABEL_POOLING.md.
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start
+        result["page_faults_per_call"] = faults / (windows * calls)
     if cuda:
         sync()
         torch.cuda.reset_peak_memory_stats()
@@ -180,7 +192,11 @@ def main(argv: list[str] | None = None) -> dict:
         )
     report = {
         "benchmark": "label_pooling",
-        "machine": {**machine(), "torch_threads": torch.get_num_threads()},
+        "machine": {
+            **machine(),
+            "torch_threads": torch.get_num_threads(),
+            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        },
         "config": {
             "topk": args.topk,
             "grid": [args.grid, args.grid],

@@ -409,6 +409,46 @@ def test_triton_kernel_under_interpreter(tmp_path):
         torch.testing.assert_close(out, ref, rtol=0, atol=TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize(
+    ("score", "cls", "compute", "flips", "output_size"),
+    [("fp16", "i16", "fp32", False, (1, 1)), ("fp64", "i32", "fp64", True, (2, 3))],
+)
+def test_triton_kernel_compiles_for_sm90(score, cls, compute, flips, output_size):
+    # Compile-only (Triton's LLVM and ptxas, no driver): catches what the interpreter
+    # accepts but the GPU compiler rejects.
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from dali_relabel.ops._label_pooling_triton import _label_pooling_kernel
+
+    height, width = 15, 11
+    pointers = {
+        "scores_ptr": f"*{score}",
+        "classes_ptr": f"*{cls}",
+        "boxes_ptr": f"*{compute}",
+        "flip_ptr": "*u8" if flips else f"*{compute}",
+        "out_ptr": f"*{compute}",
+    }
+    constants = {
+        "NUM_CLASSES": 1000,
+        "K": 5,
+        "H": height,
+        "W": width,
+        "OUT_H": output_size[0],
+        "OUT_W": output_size[1],
+        "HAS_FLIP": flips,
+        "BLOCK_H": 16,
+        "BLOCK_W": 16,
+        "GRID_H": -(-height // output_size[0]),
+        "GRID_W": -(-width // output_size[1]),
+    }
+    signature = {**pointers, **dict.fromkeys(constants, "constexpr")}
+    source = ASTSource(fn=_label_pooling_kernel, signature=signature, constexprs=constants)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+    assert compiled.asm["cubin"]
+
+
 # ---------------------------------------------------------------------------------------
 # Bad input: every message names the argument and the value received.
 
