@@ -419,7 +419,8 @@ def label_pooling(
         scores (Tensor[B, K, H, W]): top-k label-map scores (float16, bfloat16, float32 or
             float64). Classes outside the top k count as score 0.
         classes (Tensor[B, K, H, W]): class id of each score, an integer tensor (uint8,
-            int8, int16, int32 or int64) with values in [0, num_classes).
+            int8, int16, int32 or int64) with values in [0, num_classes), distinct within
+            a cell as a top-k is (a repeated id adds up, where densifying keeps one).
         boxes (Tensor[B, 4]): one crop per label map, (x1, y1, x2, y2) normalized to
             [0, 1] by the original image's width and height, x1 <= x2 and y1 <= y2.
             Coordinates up to 1e-6 outside [0, 1] are accepted and clamped.
