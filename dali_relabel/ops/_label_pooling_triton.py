@@ -1,13 +1,14 @@
 """Triton kernel of LabelPooling for CUDA devices.
 
-The vectorized PyTorch kernel of :mod:`dali_relabel.ops.label_pooling` launches some eighty
-small kernels, so on a GPU it is bound by launch latency; this one computes a whole batch
-in a single launch (plus the zeroing of the output). One program handles one (box, output
-row): it builds the 1-D ROIAlign weights of that row along y and of each output column
-along x, exactly as torchvision's kernel samples them (aligned=False, adaptive sampling
-grid), and adds weight * score into the output at each stored class with atomics.
+The vectorized PyTorch kernel of :mod:`dali_relabel.ops._label_pooling_torch` launches
+some eighty small kernels, so on a GPU it is bound by launch latency; this one computes a
+whole batch in a single launch (plus the zeroing of the output). One program handles one
+(box, output row): it builds the 1-D ROIAlign weights of that row along y and of each
+output column along x, exactly as torchvision's kernel samples them (aligned=False,
+adaptive sampling grid), and adds weight * score into the output at each stored class with
+atomics.
 
-Semantics match ``_label_pooling_kernel``; the tests run this kernel under Triton's CPU
+Semantics match ``label_pooling_torch``; the tests run this kernel under Triton's CPU
 interpreter (``TRITON_INTERPRET=1``) against torchvision, and on CUDA where one is present.
 Atomic adds make the summation order vary between runs (a few ulps); under
 ``torch.use_deterministic_algorithms(True)`` the op uses the PyTorch kernel instead.
