@@ -6,14 +6,13 @@ export every crop window, and joins each sample with its label map by *identity*
 file list given to DALI carries each file's sample index as its label, and the index
 looks up the class label and the store row in tables (one gather per batch), so no
 shuffle, shard or padding can pair an image with another image's map. Label maps stay
-in host memory, in GPU memory, or are streamed with read-ahead (``label_map_memory``),
-and :func:`~dali_relabel.ops.label_pooling.relabel_targets` pools them on the images'
-device. docs/LOADER.md describes the semantics and the design.
+in host memory, in GPU memory, or are streamed with read-ahead (``label_map_memory``, see
+:mod:`dali_relabel.label_maps`), and :func:`~dali_relabel.ops.label_pooling.relabel_targets`
+pools them on the images' device. docs/LOADER.md describes the semantics and the design.
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import os
 import warnings
@@ -32,20 +31,15 @@ from dali_relabel.dataset import (
     resolve_shard,
 )
 from dali_relabel.errors import ImageDecodeError
+from dali_relabel.label_maps import MEMORY, LabelMaps
 from dali_relabel.store import LabelMapStore
 
 __all__ = ["TARGETS", "ReLabelLoader"]
 
 #: What ``targets=`` accepts; see :class:`ReLabelLoader`.
 TARGETS = ("soft", "hard", "both", "local")
-_MEMORY = ("auto", "host", "device", "stream")
 _BAD_IMAGE = ("raise", "skip")
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "float32"}
-#: Batches of label maps read ahead when streaming from the store.
-_STREAM_AHEAD = 4
-# "auto" keeps the table in host memory below this share of the available memory and on the
-# GPU below this share of its free memory.
-_HOST_SHARE, _DEVICE_SHARE = 0.5, 0.25
 
 
 class ReLabelLoader:
@@ -145,7 +139,7 @@ class ReLabelLoader:
         if targets is None:
             targets = "soft" if train and label_maps is not None else "hard"
         _check_choice("targets", targets, TARGETS)
-        _check_choice("label_map_memory", label_map_memory, _MEMORY)
+        _check_choice("label_map_memory", label_map_memory, MEMORY)
         _check_choice("on_bad_image", on_bad_image, _BAD_IMAGE)
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be torch.float32, float16 or bfloat16, got {dtype}")
@@ -193,13 +187,19 @@ class ReLabelLoader:
         )
         self._labels = torch.as_tensor(self.dataset.targets, dtype=torch.int64).to(self.device)
         self.label_map_memory: str | None = None
-        # (scores, classes): numpy arrays in host memory, tensors on the device, or None
-        self._maps: tuple[Any, Any] | None = None
-        self._rows: np.ndarray | None = None
-        self._reader: cf.ThreadPoolExecutor | None = None
+        self._label_maps: LabelMaps | None = None
         self._pooler: cf.ThreadPoolExecutor | None = None
         if self.targets != "hard":
-            self._join_label_maps(label_map_memory, progress=rank == 0)
+            if self.store is None:  # excluded by the checks above
+                raise ValueError("label maps are needed for soft targets")
+            self._label_maps = LabelMaps(
+                self.store,
+                self.dataset.store_rows(self.store),
+                self.device,
+                label_map_memory,
+                progress=rank == 0,
+            )
+            self.label_map_memory = self._label_maps.memory
             if self.device.type == "cpu":
                 # Pooling's small ops, parallelized over OpenMP threads that DALI's threads
                 # keep busy, wait for each other: 100 ms per batch of 128 instead of 1 ms.
@@ -242,40 +242,6 @@ class ReLabelLoader:
         if not len(self.dataset):
             raise ImageDecodeError(f"none of the {total:,} images under the root can be decoded")
 
-    def _join_label_maps(self, memory: str, *, progress: bool) -> None:
-        store = self.store
-        if store is None:  # excluded by __init__'s checks
-            raise ValueError("label maps are needed for soft targets")
-        rows = self.dataset.store_rows(store)
-        nbytes = len(rows) * store.k * store.grid[0] * store.grid[1] * 4
-        if memory == "auto":
-            memory = _auto_memory(nbytes, self.device, store.in_memory)
-        if memory == "device" and self.device.type != "cuda":
-            raise ValueError(f"label_map_memory='device' needs a CUDA device, got {self.device}")
-        self.label_map_memory = memory
-        if memory == "stream":
-            self._rows = rows
-            self._reader = cf.ThreadPoolExecutor(1, thread_name_prefix="dali_relabel_maps")
-            return
-        if store.in_memory:
-            scores, classes = store.tables()
-            if memory == "device":  # copy only the dataset's rows to the device
-                scores, classes, rows = scores[rows], classes[rows], None
-        elif np.array_equal(rows, np.arange(len(store))):
-            scores, classes = store.load(progress=progress).tables()
-            rows = None
-        else:  # a subset of the store: read just its rows, in sample order
-            scores, classes = store.read(rows)
-            rows = None
-        if memory == "device":
-            self._maps = (
-                torch.from_numpy(scores).to(self.device),
-                torch.from_numpy(classes).to(self.device),
-            )
-        else:
-            self._maps = (scores, classes)
-        self._rows = rows
-
     # -- DataLoader surface ------------------------------------------------------------
     def __len__(self) -> int:
         """Batches this rank yields per epoch."""
@@ -299,9 +265,9 @@ class ReLabelLoader:
         return _Epoch(self, epoch)
 
     def __del__(self) -> None:
-        for pool in (getattr(self, "_reader", None), getattr(self, "_pooler", None)):
-            if pool is not None:
-                pool.shutdown(wait=False)
+        pooler = getattr(self, "_pooler", None)
+        if pooler is not None:
+            pooler.shutdown(wait=False)
 
     def __repr__(self) -> str:
         s = self.sampler
@@ -339,17 +305,6 @@ class ReLabelLoader:
         return _pipeline.build_train_pipeline(
             files, order, scale=self._scale, ratio=self._ratio, seed=int(seed[0]), **common
         )
-
-    def _read_maps(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = indices if self._rows is None else self._rows[indices]
-        if self._maps is not None and isinstance(self._maps[0], np.ndarray):
-            # numpy's take: 20 us for 256 maps, where torch's CPU index_select takes 10 ms
-            scores, classes = (np.take(table, rows, axis=0) for table in self._maps)
-            return torch.from_numpy(scores), torch.from_numpy(classes)
-        if self._maps is not None:
-            at = torch.from_numpy(rows).to(self.device, non_blocking=True)
-            return self._maps[0].index_select(0, at), self._maps[1].index_select(0, at)
-        return self.store.read_torch(rows)  # streaming: store and rows set by the join
 
     def _batch(
         self, outputs: Sequence[Any], expected: np.ndarray, maps: Any
@@ -390,7 +345,7 @@ class ReLabelLoader:
     def _soft_targets(
         self, indices: np.ndarray, boxes: np.ndarray, mirrors: np.ndarray, maps: Any
     ) -> torch.Tensor:
-        scores, classes = maps if maps is not None else self._read_maps(indices)
+        scores, classes = maps if maps is not None else self._label_maps.gather(indices)
         scores, classes = scores.to(self.device), classes.to(self.device)
         local = self.targets == "local"
         return _relabel_targets()(
@@ -436,20 +391,12 @@ class _Epoch:
         self._total = loader._num_batches(len(self._order))
         self._next = 0
         self._pipe = loader.build_pipeline(self._order, epoch) if self._total else None
-        self._ahead: collections.deque[cf.Future] = collections.deque()
-        self._submitted = 0
-        if loader._reader is not None:
-            for _ in range(min(_STREAM_AHEAD, self._total)):
-                self._submit()
+        maps = loader._label_maps
+        self._ahead = None if maps is None else maps.read_ahead(self._span, self._total)
 
     def _span(self, batch: int) -> np.ndarray:
         b = self._loader.batch_size
         return self._order[batch * b : (batch + 1) * b]
-
-    def _submit(self) -> None:
-        loader = self._loader
-        self._ahead.append(loader._reader.submit(loader._read_maps, self._span(self._submitted)))
-        self._submitted += 1
 
     def __iter__(self) -> _Epoch:
         return self
@@ -468,11 +415,7 @@ class _Epoch:
             self._pipe, self._next = None, self._total  # a failed DALI pipeline is dead
             raise self._loader._decode_error(e, self._order, batch) from e
         self._next += 1
-        maps = None
-        if self._ahead:
-            maps = self._ahead.popleft().result()
-            if self._submitted < self._total:
-                self._submit()
+        maps = None if self._ahead is None else self._ahead.pop()
         return self._loader._batch(outputs, self._span(batch), maps)
 
 
@@ -536,34 +479,3 @@ def _default_threads() -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-
-
-def _available_host_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _auto_memory(nbytes: int, device: torch.device, in_memory: bool) -> str:
-    if device.type == "cuda" and nbytes <= _DEVICE_SHARE * torch.cuda.mem_get_info(device)[0]:
-        return "device"
-    if in_memory:
-        return "host"
-    available = _available_host_bytes()
-    if available is None or nbytes <= _HOST_SHARE * available:
-        return "host"
-    warnings.warn(
-        f"the label maps take {nbytes / 2**30:.1f} GiB, more than half of the "
-        f"{available / 2**30:.1f} GiB of available memory: reading them from the store per "
-        "batch (label_map_memory='stream')",
-        stacklevel=4,
-    )
-    return "stream"

@@ -1,0 +1,176 @@
+"""The label maps of a loader's samples: where they live and the gather by sample index.
+
+:class:`~dali_relabel.loader.ReLabelLoader` joins each sample with its label map by the
+sample index DALI returns. This module holds the label-map side of that join: it places
+the maps of the dataset's samples in host memory, in GPU memory, or leaves them in the
+store (``label_map_memory``), gathers a batch's maps by sample index, and, when they stay
+in the store, reads an epoch's batches a few ahead on a thread. docs/LOADER.md ("Where
+the maps live") describes the choices and their costs.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from dali_relabel.store import LabelMapStore
+
+#: What ``label_map_memory=`` accepts; see :class:`~dali_relabel.loader.ReLabelLoader`.
+MEMORY = ("auto", "host", "device", "stream")
+#: Batches of label maps read ahead when streaming from the store.
+_STREAM_AHEAD = 4
+# "auto" keeps the table in host memory below this share of the available memory and on the
+# GPU below this share of its free memory.
+_HOST_SHARE, _DEVICE_SHARE = 0.5, 0.25
+
+
+class LabelMaps:
+    """The label maps of a dataset's samples, gathered by sample index.
+
+    Args:
+        store: the label-map store.
+        rows: the store row of each sample (int64, in sample order).
+        device: the device the loader's batches live on.
+        memory: one of :data:`MEMORY`, as ``label_map_memory`` of the loader.
+        progress: show progress while loading the whole store into host memory.
+    """
+
+    def __init__(
+        self,
+        store: LabelMapStore,
+        rows: np.ndarray,
+        device: torch.device,
+        memory: str,
+        *,
+        progress: bool,
+    ) -> None:
+        nbytes = len(rows) * store.k * store.grid[0] * store.grid[1] * 4
+        if memory == "auto":
+            memory = _auto_memory(nbytes, device, store.in_memory)
+        if memory == "device" and device.type != "cuda":
+            raise ValueError(f"label_map_memory='device' needs a CUDA device, got {device}")
+        #: Where the maps are: "host", "device" or "stream" (read from the store per batch).
+        self.memory = memory
+        self._store = store
+        self._device = device
+        # (scores, classes): numpy arrays in host memory, tensors on the device, or None
+        self._maps: tuple[Any, Any] | None = None
+        # sample index -> row of the tables, or None where the tables are in sample order
+        self._rows: np.ndarray | None = None
+        self._reader: cf.ThreadPoolExecutor | None = None
+        if memory == "stream":
+            self._rows = rows
+            self._reader = cf.ThreadPoolExecutor(1, thread_name_prefix="dali_relabel_maps")
+            return
+        if store.in_memory:
+            scores, classes = store.tables()
+            if memory == "device":  # copy only the dataset's rows to the device
+                scores, classes, rows = scores[rows], classes[rows], None
+        elif np.array_equal(rows, np.arange(len(store))):
+            scores, classes = store.load(progress=progress).tables()
+            rows = None
+        else:  # a subset of the store: read just its rows, in sample order
+            scores, classes = store.read(rows)
+            rows = None
+        if memory == "device":
+            self._maps = (
+                torch.from_numpy(scores).to(device),
+                torch.from_numpy(classes).to(device),
+            )
+        else:
+            self._maps = (scores, classes)
+        self._rows = rows
+
+    def gather(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (scores, classes) maps of the samples ``indices``, in that order."""
+        rows = indices if self._rows is None else self._rows[indices]
+        if self._maps is not None and isinstance(self._maps[0], np.ndarray):
+            # numpy's take: 20 us for 256 maps, where torch's CPU index_select takes 10 ms
+            scores, classes = (np.take(table, rows, axis=0) for table in self._maps)
+            return torch.from_numpy(scores), torch.from_numpy(classes)
+        if self._maps is not None:
+            at = torch.from_numpy(rows).to(self._device, non_blocking=True)
+            return self._maps[0].index_select(0, at), self._maps[1].index_select(0, at)
+        return self._store.read_torch(rows)
+
+    def read_ahead(self, span: Callable[[int], np.ndarray], batches: int) -> _ReadAhead | None:
+        """An epoch's maps read ahead on a thread; None where they are in memory.
+
+        Args:
+            span: batch number -> the batch's sample indices.
+            batches: number of batches in the epoch.
+        """
+        if self._reader is None:  # in memory: gather is cheap enough per batch
+            return None
+        return _ReadAhead(self._reader, self.gather, span, batches)
+
+    def __del__(self) -> None:
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.shutdown(wait=False)
+
+
+class _ReadAhead:
+    """The maps of an epoch's batches, read from the store :data:`_STREAM_AHEAD` ahead."""
+
+    def __init__(
+        self,
+        reader: cf.ThreadPoolExecutor,
+        gather: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
+        span: Callable[[int], np.ndarray],
+        batches: int,
+    ) -> None:
+        self._reader, self._gather, self._span, self._total = reader, gather, span, batches
+        self._ahead: collections.deque[cf.Future] = collections.deque()
+        self._submitted = 0
+        for _ in range(min(_STREAM_AHEAD, batches)):
+            self._submit()
+
+    def _submit(self) -> None:
+        self._ahead.append(self._reader.submit(self._gather, self._span(self._submitted)))
+        self._submitted += 1
+
+    def pop(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch's maps; starts the read of the batch after those in flight."""
+        maps = self._ahead.popleft().result()
+        if self._submitted < self._total:
+            self._submit()
+        return maps
+
+
+def _available_host_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _auto_memory(nbytes: int, device: torch.device, in_memory: bool) -> str:
+    if device.type == "cuda" and nbytes <= _DEVICE_SHARE * torch.cuda.mem_get_info(device)[0]:
+        return "device"
+    if in_memory:
+        return "host"
+    available = _available_host_bytes()
+    if available is None or nbytes <= _HOST_SHARE * available:
+        return "host"
+    warnings.warn(
+        f"the label maps take {nbytes / 2**30:.1f} GiB, more than half of the "
+        f"{available / 2**30:.1f} GiB of available memory: reading them from the store per "
+        "batch (label_map_memory='stream')",
+        stacklevel=4,  # the caller of ReLabelLoader(...), through LabelMaps.__init__
+    )
+    return "stream"
