@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dali_relabel._bench_paths import FACTORIES
+
 __all__ = ["PATHS", "add_commands", "build_parser", "main", "run"]
 
 PATHS = {
@@ -42,204 +44,6 @@ PATHS = {
     "dali": "c. plain DALI pipeline, no ReLabel",
     "relabel_memory": "d. ReLabelLoader, maps in memory",
     "relabel_stream": "d. ReLabelLoader, maps streamed",
-}
-
-
-# -- the paths ---------------------------------------------------------------------------
-def _official_loader(data, store, args):
-    """The original ReLabel data path, written from the behaviour of the paper's code."""
-    import torch
-    import torchvision
-    from torchvision.ops import roi_align
-    from torchvision.transforms import functional as TF
-
-    class RandomResizedCropWithCoords(torchvision.transforms.RandomResizedCrop):
-        def __call__(self, img):
-            i, j, h, w = self.get_params(img, self.scale, self.ratio)
-            coords = (i / img.size[1], j / img.size[0], h / img.size[1], w / img.size[0])
-            return TF.resized_crop(img, i, j, h, w, self.size, self.interpolation), coords
-
-    class Compose:
-        def __init__(self, transforms):
-            self.transforms = transforms
-
-        def __call__(self, img):
-            coords = None
-            for t in self.transforms:
-                if isinstance(t, RandomResizedCropWithCoords):
-                    img, coords = t(img)
-                else:
-                    img = t(img)
-            return img, coords
-
-    class ImageFolderWithCoordsAndLabelMap(torchvision.datasets.ImageFolder):
-        def __init__(self, root, relabel_root, transform):
-            super().__init__(root, transform=transform)
-            self.relabel_root = relabel_root
-
-        def __getitem__(self, index):
-            path, target = self.samples[index]
-            rel = "/".join(path.split("/")[-2:]).split(".")[0] + ".pt"
-            sample, coords = self.transform(self.loader(path))
-            return sample, target, coords, torch.load(os.path.join(self.relabel_root, rel))
-
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    transform = Compose(
-        [
-            RandomResizedCropWithCoords(size=args.crop_size),
-            torchvision.transforms.RandomHorizontalFlip(),
-            torchvision.transforms.ToTensor(),
-            torchvision.transforms.Normalize(mean, std),
-        ]
-    )
-    dataset = ImageFolderWithCoordsAndLabelMap(str(data.train), str(data.label_maps), transform)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=args.batch_size,
-        shuffle=True,
-        num_workers=args.threads,
-        persistent_workers=True,
-        drop_last=True,
-        pin_memory=args.device == "cuda",
-    )
-    device = torch.device(args.device)
-
-    def batches():
-        while True:
-            for images, _target, coords, label_maps_topk in loader:
-                n = images.size(0)
-                coords = torch.cat(coords, 0).view(4, -1).transpose(1, 0).float()
-                coords[:, 2:] += coords[:, :2]  # (top, left, bottom, right), as the paper
-                dense = torch.zeros(n, 1000, *label_maps_topk.shape[-2:])
-                for one, topk in zip(dense, label_maps_topk, strict=True):
-                    one.scatter_(0, topk[1].long(), topk[0])
-                dense = dense.to(device)
-                boxes = torch.cat(
-                    [torch.arange(n).view(n, 1).float(), coords * dense.size(3) - 0.5], 1
-                ).to(device)
-                targets = torch.softmax(roi_align(dense, boxes, output_size=(1, 1)).squeeze(), 1)
-                yield images.to(device, non_blocking=True), targets
-
-    return batches()
-
-
-def _torchvision_loader(data, store, args):
-    import torch
-    import torchvision
-    from torchvision import transforms as T
-
-    transform = T.Compose(
-        [
-            T.RandomResizedCrop(args.crop_size),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        ]
-    )
-    loader = torch.utils.data.DataLoader(
-        torchvision.datasets.ImageFolder(str(data.train), transform),
-        batch_size=args.batch_size,
-        shuffle=True,
-        num_workers=args.threads,
-        persistent_workers=True,
-        drop_last=True,
-        pin_memory=args.device == "cuda",
-    )
-    device = torch.device(args.device)
-
-    def batches():
-        while True:
-            for images, labels in loader:
-                yield images.to(device, non_blocking=True), labels.to(device)
-
-    return batches()
-
-
-def _dali_loader(data, store, args):
-    from nvidia.dali import fn, pipeline_def, types
-    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
-    gpu = args.device == "cuda"
-
-    @pipeline_def
-    def plain():
-        jpegs, labels = fn.readers.file(
-            file_root=str(data.train), random_shuffle=True, name="reader"
-        )
-        images = fn.decoders.image_random_crop(
-            jpegs,
-            device="mixed" if gpu else "cpu",
-            output_type=types.RGB,
-            random_area=[0.08, 1.0],
-            random_aspect_ratio=[3 / 4, 4 / 3],
-        )
-        images = fn.resize(images, resize_x=args.crop_size, resize_y=args.crop_size)
-        images = fn.crop_mirror_normalize(
-            images,
-            dtype=types.FLOAT,
-            output_layout="CHW",
-            mean=[0.485 * 255, 0.456 * 255, 0.406 * 255],
-            std=[0.229 * 255, 0.224 * 255, 0.225 * 255],
-            mirror=fn.random.coin_flip(),
-        )
-        return images, labels
-
-    pipe = plain(
-        batch_size=args.batch_size,
-        num_threads=args.threads,
-        device_id=0 if gpu else None,
-        seed=0,
-        prefetch_queue_depth=2,
-    )
-    pipe.build()
-    iterator = DALIGenericIterator(
-        pipe,
-        ["images", "labels"],
-        reader_name="reader",
-        last_batch_policy=LastBatchPolicy.DROP,
-        auto_reset=True,
-    )
-
-    def batches():
-        while True:
-            for out in iterator:
-                yield out[0]["images"], out[0]["labels"]
-
-    return batches()
-
-
-def _relabel_loader(memory):
-    def make(data, store, args):
-        from dali_relabel import LabelMapStore, ReLabelLoader
-
-        maps = LabelMapStore.open(store)
-        loader = ReLabelLoader(
-            data.train,
-            maps,
-            batch_size=args.batch_size,
-            crop_size=args.crop_size,
-            num_threads=args.threads,
-            device=args.device,
-            drop_last=True,
-            targets="soft",
-            label_map_memory=memory,
-        )
-
-        def batches():
-            while True:
-                yield from loader
-
-        return batches()
-
-    return make
-
-
-_FACTORIES = {
-    "official": _official_loader,
-    "torchvision": _torchvision_loader,
-    "dali": _dali_loader,
-    "relabel_memory": _relabel_loader("auto"),  # host memory on CPU, GPU memory on a GPU
-    "relabel_stream": _relabel_loader("stream"),
 }
 
 
@@ -292,7 +96,7 @@ def _measure(name: str, args) -> dict[str, Any]:
     )
     torch.set_num_threads(args.threads)
     rss = _PeakRSS()
-    batches = _FACTORIES[name](data, info["store"], args)
+    batches = FACTORIES[name](data, info["store"], args)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     for _ in range(args.warmup_batches):
         next(batches)

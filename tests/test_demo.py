@@ -1,0 +1,56 @@
+"""`dali-relabel demo` and `dali-relabel bench` end to end, at a tiny size.
+
+Their numbers are not asserted (speed lives in benchmarks); what is asserted is that
+every stage runs and writes what the README promises.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from dali_relabel.cli import main
+
+
+@pytest.mark.slow
+def test_demo_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(
+        ["demo", "--out", str(out), "--images-per-class", "3", "--steps", "4", "--batch-size", "8"]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    for what, where in summary["outputs"].items():
+        assert where in printed, what
+    for picture in ("label_map_picture", "crops_picture", "loss_curve"):
+        with Image.open(summary["outputs"][picture]) as im:
+            assert im.format == "PNG" and im.size[0] > 300
+    assert summary["training"]["steps"] == 4 and summary["label_maps"]["k"] == 5
+    assert summary["label_maps"]["grid"] == [7, 7]  # Lite0 at 224 px, stride 32
+
+
+def test_demo_rejects_bad_arguments(capsys):
+    assert main(["demo", "--steps", "0"]) == 1
+    assert "--steps must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_runs_each_path_and_reports(tmp_path, capsys):
+    args = ["bench", "--paths", "official,dali,relabel_memory", "--images-per-class", "4"]
+    args += ["--batch-size", "8", "--crop-size", "64", "--windows", "2", "--window-batches", "2"]
+    args += ["--warmup-batches", "1", "--out-dir", str(tmp_path)]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "throughput.json").read_text())
+    assert set(results["paths"]) == {"official", "dali", "relabel_memory"}
+    for name, r in results["paths"].items():
+        assert "error" not in r, (name, r)
+        assert r["min"] <= r["images_per_s"] <= r["max"] and r["peak_host_rss_mb"] > 0
+    ratio = results["ratios"]["relabel_memory_vs_dali"]
+    p = results["paths"]
+    assert ratio == pytest.approx(p["relabel_memory"]["images_per_s"] / p["dali"]["images_per_s"])
+    assert (tmp_path / "throughput.md").read_text().count("\n") == 5
+    with Image.open(tmp_path / "throughput.png") as im:
+        assert im.format == "PNG"
