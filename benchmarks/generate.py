@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
 
-    from dali_relabel.generate import _resize, decode_image, generate_label_maps
+    from dali_relabel.decode import _resize, decode_image
+    from dali_relabel.generate import generate_label_maps
     from dali_relabel.sample import make_sample_data
     from dali_relabel.teachers import load_teacher
 

@@ -7,9 +7,10 @@ global pooling dropped and its final layer applied at every position
 teachers make an ensemble: their dense scores are resampled to one grid and averaged
 per cell before the top-k (:mod:`dali_relabel.ensemble` does the same from stores).
 
-Decoding (PIL with torchvision's resize, or DALI) runs in DataLoader workers while
-the teacher computes, and finished store blocks are written by a background thread, so
-that generation runs at the teacher's speed. The store is written block by block with
+Decoding (PIL with torchvision's resize, or DALI; :mod:`dali_relabel.decode`) runs in
+DataLoader workers while the teacher computes, and finished store blocks are written by
+a background thread (:mod:`dali_relabel.block_writer`), so that generation runs at the
+teacher's speed. The store is written block by block with
 :class:`~dali_relabel.store.LabelMapWriter`: an interrupted run resumes at the first
 missing block. Unreadable images stop the run, unless ``skip_bad_images``: then they are
 left out of the store's keys and listed in its provenance (``skipped_images``).
@@ -17,149 +18,29 @@ left out of the store's keys and listed in its provenance (``skipped_images``).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dali_relabel.block_writer import BlockBuffers, compact, finished_compacted, load_bad_list
 from dali_relabel.constants import DEFAULT_TOPK
+from dali_relabel.decode import DECODERS, image_batches
+from dali_relabel.decode import decode_image as decode_image  # re-exported: show.py reads it here
 from dali_relabel.errors import ImageDecodeError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from dali_relabel.store import LabelMapStore, LabelMapWriter
+    from dali_relabel.store import LabelMapStore
     from dali_relabel.teachers import DenseTeacher
 
 __all__ = ["DECODERS", "add_commands", "generate_label_maps"]
 
-DECODERS = ("torchvision", "dali")
 _SCORE_KINDS = ("logits", "probabilities")
-# Bad images found in an unfinished store, kept beside its arrays until compaction.
-_BAD_LIST = "bad_images.json"
-_COMPACTING = ".compacting"
-
-
-# -- decoding -------------------------------------------------------------------------
-def decode_image(path: str | Path) -> torch.Tensor:
-    """An image file as RGB uint8 Tensor[3, H, W], decoded by PIL (libjpeg-turbo).
-
-    PIL rather than ``torchvision.io``, whose decoders torchvision 0.29 deprecates; PIL
-    also reads the CMYK and grayscale JPEGs and the PNG-named-JPEG of ImageNet's train set.
-    Raises ImageDecodeError when the file cannot be read.
-    """
-    import torch
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"))
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... on bad files
-        raise ImageDecodeError(f"cannot decode {str(path)!r}: {e}") from e
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
-
-
-def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
-    # The whole image, squashed to a square as ReLabel does: the map covers the image.
-    return F.resize(image, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
-
-
-class _Images:
-    """Dataset of (sample index, one uint8 image per resolution, error message or "")."""
-
-    def __init__(self, paths: Sequence[Path], indices: np.ndarray, resolutions: Sequence[int]):
-        self.paths = paths
-        self.indices = indices
-        self.resolutions = tuple(resolutions)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        import torch
-
-        index = int(self.indices[i])
-        try:
-            image = decode_image(self.paths[index])
-        except ImageDecodeError as e:
-            empty = tuple(torch.zeros(3, r, r, dtype=torch.uint8) for r in self.resolutions)
-            return index, empty, str(e)
-        return index, tuple(_resize(image, r) for r in self.resolutions), ""
-
-
-def _collate(items):
-    import torch
-
-    indices = torch.tensor([it[0] for it in items], dtype=torch.int64)
-    images = tuple(torch.stack(group) for group in zip(*(it[1] for it in items), strict=True))
-    return indices, images, [it[2] for it in items]
-
-
-def _torchvision_batches(paths, indices, resolutions, batch_size, workers, pin) -> Iterator:
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(
-        _Images(paths, indices, resolutions),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=pin,
-        prefetch_factor=4 if workers else None,
-    )
-    yield from loader
-
-
-def _dali_batches(paths, indices, resolutions, batch_size, workers, device) -> Iterator:
-    """The same batches from a DALI pipeline (GPU decoding when ``device`` is CUDA)."""
-    import torch
-    from nvidia.dali import fn, pipeline_def, types
-    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
-    gpu = torch.device(device).type == "cuda"
-    files = [str(paths[int(i)]) for i in indices]
-
-    @pipeline_def(
-        batch_size=batch_size,
-        num_threads=max(1, workers),
-        device_id=(torch.device(device).index or 0) if gpu else None,
-    )
-    def pipe():
-        encoded, position = fn.readers.file(
-            files=files, labels=list(range(len(files))), name="reader", pad_last_batch=True
-        )
-        image = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
-        outs = [
-            fn.resize(
-                image, resize_x=r, resize_y=r, interp_type=types.INTERP_LINEAR, antialias=True
-            )
-            for r in resolutions
-        ]
-        return (position, *outs)
-
-    names = ["position", *(f"image{r}" for r in resolutions)]
-    try:
-        iterator = DALIGenericIterator(
-            pipe(), names, reader_name="reader", last_batch_policy=LastBatchPolicy.PARTIAL
-        )
-        for (batch,) in iterator:
-            pos = batch["position"].reshape(-1).long().cpu()
-            images = tuple(batch[n].permute(0, 3, 1, 2) for n in names[1:])
-            yield torch.as_tensor(indices)[pos], images, [""] * len(pos)
-    except RuntimeError as e:
-        raise ImageDecodeError(
-            f"DALI stopped on an image it cannot decode ({str(e).splitlines()[0]}); run with "
-            "--decoder torchvision to find the file, or with --skip-bad-images to leave it out"
-        ) from e
 
 
 # -- scoring --------------------------------------------------------------------------
@@ -182,119 +63,6 @@ def _dense_scores(
         total = scores if total is None else total + scores
     assert total is not None  # at least one teacher, checked by the caller
     return total / len(teachers) if len(teachers) > 1 else total
-
-
-# -- writing --------------------------------------------------------------------------
-class _BlockBuffers:
-    """Collects per-sample maps into store blocks and writes full blocks in the background."""
-
-    def __init__(
-        self, writer: LabelMapWriter, keys: Sequence[str], skip_bad: bool, bad: dict[str, str]
-    ):
-        self.writer = writer
-        self.keys = keys
-        self.skip_bad = skip_bad
-        self.bad = bad  # key -> error, persisted beside the store when skipping
-        self.size = writer.block_size
-        self.stops = dict(writer.blocks())
-        self.k = int(writer.attrs["k"])
-        self.grid = tuple(writer.attrs["grid"])
-        self.open: dict[int, list[Any]] = {}
-        self.unwritten_bad: list[str] = []  # bad keys whose blocks stay unwritten
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
-        self.pending: list[Future] = []
-
-    def _buffer(self, start: int) -> list[Any]:
-        if start not in self.open:
-            n = self.stops[start] - start
-            shape = (n, self.k, *self.grid)
-            self.open[start] = [np.zeros(shape, np.float32), np.zeros(shape, np.int32), n, []]
-        return self.open[start]
-
-    def put(self, index: int, scores: np.ndarray | None, classes: np.ndarray | None, error: str):
-        start = index - index % self.size
-        buf = self._buffer(start)
-        if error:
-            buf[3].append(self.keys[index])
-            self.bad[self.keys[index]] = error
-        else:
-            buf[0][index - start] = scores
-            buf[1][index - start] = classes
-        buf[2] -= 1
-        if buf[2] == 0:
-            del self.open[start]
-            self._finish(start, buf)
-
-    def _finish(self, start: int, buf: list[Any]) -> None:
-        if buf[3] and not self.skip_bad:
-            self.unwritten_bad.extend(buf[3])  # never flag a block with holes as done
-            return
-        if buf[3]:
-            _save_bad_list(self.writer.path, self.bad)  # before the block is flagged done
-        while len(self.pending) >= 2:
-            self.pending.pop(0).result()
-        self.pending.append(self.executor.submit(self.writer.write_block, start, buf[0], buf[1]))
-
-    def close(self) -> None:
-        try:
-            for future in self.pending:
-                future.result()
-        finally:
-            self.executor.shutdown(wait=True)
-
-
-def _load_bad_list(store: str | Path) -> dict[str, str]:
-    path = Path(store) / _BAD_LIST
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _save_bad_list(store: str | Path, bad: dict[str, str]) -> None:
-    path = Path(store) / _BAD_LIST
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(sorted(bad.items())), indent=0))
-    os.replace(tmp, path)
-
-
-def _compact(out: Path, keys: Sequence[str], bad: dict[str, str], params: dict[str, Any]):
-    """Rewrite the store without the bad images' rows (they are all zeros), then swap it in."""
-    from dali_relabel.store import LabelMapStore, LabelMapWriter
-
-    skipped = sorted(bad)
-    keep = np.array([i for i, key in enumerate(keys) if key not in bad], dtype=np.int64)
-    staging = LabelMapStore.open(out, allow_incomplete=True)
-    tmp = out.with_name(out.name + _COMPACTING)
-    provenance = {**params["provenance"], "skipped_images": skipped}
-    writer = LabelMapWriter.create(
-        tmp, [keys[i] for i in keep], **{**params, "provenance": provenance}
-    )
-    for start, stop in writer.missing_blocks():
-        scores, classes = staging.read(keep[start:stop])
-        writer.write_block(start, scores, classes)
-    writer.finalize()
-    old = out.with_name(out.name + ".old")
-    os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old)
-    return LabelMapStore.open(out)
-
-
-def _finished_compacted(out: Path, keys: Sequence[str], params: dict[str, Any]):
-    """The store at ``out`` when an earlier run with skipped images already completed it."""
-    from dali_relabel.store import LabelMapStore
-
-    if not (out / "zarr.json").is_file():
-        return None
-    try:
-        store = LabelMapStore.open(out)
-    except Exception:
-        return None
-    prov = store.provenance
-    skipped = prov.pop("skipped_images", None)
-    if skipped is None or prov != params["provenance"]:
-        return None
-    if set(store.keys) | set(skipped) != set(keys) or store.k != params["k"]:
-        return None
-    return store
 
 
 # -- the entry point -------------------------------------------------------------------
@@ -486,19 +254,15 @@ def generate_label_maps(
         "shard_size": shard_size,
     }
 
-    done = _finished_compacted(out, keys, params)
+    done = finished_compacted(out, keys, params)
     if done is not None:
         return done
     writer = LabelMapWriter.create(out, keys, **params)
-    bad = _load_bad_list(out)
+    bad = load_bad_list(out)
     missing = writer.missing_blocks()
     indices = np.concatenate([np.arange(a, b) for a, b in missing]) if missing else np.zeros(0, int)
-    buffers = _BlockBuffers(writer, keys, skip_bad_images, bad)
-    if decoder == "dali":
-        batches = _dali_batches(paths, indices, resolutions, batch_size, workers, device)
-    else:
-        pin = device.type == "cuda"
-        batches = _torchvision_batches(paths, indices, resolutions, batch_size, workers, pin)
+    buffers = BlockBuffers(writer, keys, skip_bad_images, bad)
+    batches = image_batches(decoder, paths, indices, resolutions, batch_size, workers, device)
     bar = tqdm(total=len(indices), unit="img", desc="label maps", disable=not progress)
     try:
         with torch.inference_mode():
@@ -540,7 +304,7 @@ def generate_label_maps(
                 f"none of the {len(keys):,} images could be decoded "
                 f"(first: {next(iter(bad.values()))})"
             )
-        return _compact(out, keys, bad, params)
+        return compact(out, keys, bad, params)
     return writer.finalize()
 
 

