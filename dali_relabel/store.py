@@ -322,9 +322,10 @@ class LabelMapStore:
 
     def tables(self) -> tuple[np.ndarray, np.ndarray]:
         """The whole table (scores, classes) [N, k, H, W] in host memory, loading it if needed."""
-        self.load()
-        assert self._memory is not None  # set by load(); not user input
-        return self._memory
+        if self._memory is None:
+            self.load()
+        scores, classes = self._memory  # set by load()
+        return scores, classes
 
     def summary(self) -> str:
         """A few lines describing the store (what `dali-relabel info` prints)."""
