@@ -253,16 +253,13 @@ def _mean_dense(
     grid: tuple[int, int],
     device: str | torch.device,
 ) -> torch.Tensor:
-    total = None
-    for store in stores:
-        s, c = store.read_torch(indices, device)
-        dense = densify(s, c, store.num_classes)
+    def one(store: LabelMapStore) -> torch.Tensor:
+        dense = densify(*store.read_torch(indices, device), store.num_classes)
         if kind == "probabilities" and store.score_kind == "logits":
             dense = dense.softmax(dim=1)
-        dense = resample(dense, grid)
-        total = dense if total is None else total.add_(dense)
-    assert total is not None  # at least one store, checked by the caller
-    return total.div_(len(stores))
+        return resample(dense, grid)
+
+    return sum(one(store) for store in stores) / len(stores)
 
 
 # -- command line ----------------------------------------------------------------------

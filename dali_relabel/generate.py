@@ -53,16 +53,17 @@ def _dense_scores(
     """Mean over teachers of their dense scores [B, C, H, W] on ``grid``."""
     import torch.nn.functional as F
 
-    total = None
-    for teacher, x in zip(teachers, images, strict=True):
+    def one(teacher: DenseTeacher, x: torch.Tensor) -> torch.Tensor:
         scores = teacher(x.float().div_(255.0))
         if kind == "probabilities":
             scores = scores.softmax(dim=1)
         if tuple(scores.shape[-2:]) != tuple(grid):
             scores = F.interpolate(scores, size=grid, mode="bilinear", align_corners=False)
-        total = scores if total is None else total + scores
-    assert total is not None  # at least one teacher, checked by the caller
-    return total / len(teachers) if len(teachers) > 1 else total
+        return scores
+
+    if len(teachers) == 1:
+        return one(teachers[0], images[0])
+    return sum(one(t, x) for t, x in zip(teachers, images, strict=True)) / len(teachers)
 
 
 # -- the entry point -------------------------------------------------------------------

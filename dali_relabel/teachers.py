@@ -144,15 +144,13 @@ class DenseTeacher(nn.Module):
     def stride(self) -> int:
         if self._stride is None:
             self._probe()
-        assert self._stride is not None  # set by _probe
-        return self._stride
+        return int(self._stride)  # set by _probe
 
     @property
     def num_classes(self) -> int:
         if self._num_classes is None:
             self._probe()
-        assert self._num_classes is not None  # set by _probe
-        return self._num_classes
+        return int(self._num_classes)  # set by _probe
 
     @property
     def default_resolution(self) -> int:
@@ -262,7 +260,6 @@ def dense_teacher(
         features, classifier, rank = split_model(model)
     else:
         rank = pooled_rank(classifier)
-    assert classifier is not None  # both given or both found above
     teacher = DenseTeacher(
         model,
         features,
