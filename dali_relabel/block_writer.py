@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from dali_relabel.store import LabelMapStore, LabelMapWriter
+    from dali_relabel.store import LabelMapStore
+    from dali_relabel.writer import LabelMapWriter
 
 __all__ = ["BlockBuffers", "compact", "finished_compacted", "load_bad_list"]
 
@@ -106,7 +107,8 @@ def compact(
     out: Path, keys: Sequence[str], bad: dict[str, str], params: dict[str, Any]
 ) -> LabelMapStore:
     """Rewrite the store without the bad images' rows (they are all zeros), then swap it in."""
-    from dali_relabel.store import LabelMapStore, LabelMapWriter
+    from dali_relabel.store import LabelMapStore
+    from dali_relabel.writer import LabelMapWriter
 
     skipped = sorted(bad)
     keep = np.array([i for i, key in enumerate(keys) if key not in bad], dtype=np.int64)

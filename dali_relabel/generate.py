@@ -174,7 +174,7 @@ def generate_label_maps(
 
     from dali_relabel.dataset import scan_image_folder
     from dali_relabel.imagenet import imagenet_wnids
-    from dali_relabel.store import LabelMapWriter
+    from dali_relabel.writer import LabelMapWriter
 
     if scores not in _SCORE_KINDS:
         raise ValueError(f"scores must be one of {_SCORE_KINDS}, got {scores!r}")

@@ -10,7 +10,7 @@ import pytest
 from dali_relabel import LabelMapStore
 from dali_relabel.constants import STORE_FORMAT
 from dali_relabel.errors import StoreIncompleteError, StoreMismatchError, StoreNotFoundError
-from dali_relabel.store import LabelMapWriter
+from dali_relabel.writer import LabelMapWriter
 
 
 def _random_maps(n, k=5, grid=(15, 11), num_classes=1000, seed=0):
