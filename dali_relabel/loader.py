@@ -189,6 +189,7 @@ class ReLabelLoader:
         self.label_map_memory: str | None = None
         self._label_maps: LabelMaps | None = None
         self._pooler: cf.ThreadPoolExecutor | None = None
+        self._ahead_epoch: _Started | None = None
         if self.targets != "hard":
             if self.store is None:  # excluded by the checks above
                 raise ValueError("label maps are needed for soft targets")
@@ -264,6 +265,18 @@ class ReLabelLoader:
         self.sampler.epoch = epoch + 1
         return _Epoch(self, epoch)
 
+    def _start_ahead(self) -> None:
+        """Start the next epoch's pipeline while this one hands out its last batches.
+
+        Without it each epoch starts with an empty DALI queue. If the next ``iter()``
+        asks for another epoch (``set_epoch``), the started pipeline is dropped.
+        """
+        epoch = self.sampler.epoch
+        try:
+            self._ahead_epoch = _Started(self, epoch, self.sampler.indices(epoch))
+        except Exception:  # the same error comes back when that epoch runs
+            self._ahead_epoch = None
+
     def __del__(self) -> None:
         pooler = getattr(self, "_pooler", None)
         if pooler is not None:
@@ -307,7 +320,7 @@ class ReLabelLoader:
         )
 
     def _batch(
-        self, outputs: Sequence[Any], expected: np.ndarray, maps: Any
+        self, outputs: Sequence[Any], expected: np.ndarray, maps: Any, exec_dynamic: bool
     ) -> tuple[torch.Tensor, ...]:
         count = len(expected)
         indices = np.asarray(outputs[1].as_array()).reshape(-1)[:count].astype(np.int64)
@@ -319,7 +332,7 @@ class ReLabelLoader:
                 f"(first expected {expected[:4].tolist()}, got {indices[:4].tolist()}); "
                 "please report this"
             )
-        images = self._images(outputs[0])[:count]
+        images = self._images(outputs[0], exec_dynamic)[:count]
         if self.targets == "hard":
             return images, self._labels[torch.from_numpy(indices).to(self.device)]
         if self.train:
@@ -359,8 +372,14 @@ class ReLabelLoader:
             validate=self.device.type == "cpu",  # a host sync on CUDA; boxes are ours
         )
 
-    def _images(self, tensor_list: Any) -> torch.Tensor:
-        if self.device.type == "cuda":
+    def _images(self, tensor_list: Any, exec_dynamic: bool) -> torch.Tensor:
+        if exec_dynamic:
+            # DALI's dynamic executor gives every iteration buffers of its own, kept alive
+            # by the DLPack reference: zero-copy and still a fresh tensor per batch (as
+            # DALI's own PyTorch iterator does). A copy would cost ~10 ms per batch of 64.
+            with torch.device(self.device):
+                out = torch.from_dlpack(tensor_list.as_tensor())
+        elif self.device.type == "cuda":
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
             dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
@@ -382,15 +401,47 @@ class ReLabelLoader:
         return self.dataset.explain_failure(candidates, str(error)) or error
 
 
+class _Started:
+    """A DALI pipeline for one epoch, run with DALI's scheduled API.
+
+    ``run()`` would keep scheduling iterations past the epoch's last batch (a wasted
+    batch or two of decoding per epoch, and a pipeline shutdown that waits for them);
+    here exactly ``total`` iterations are scheduled, and the next epoch's pipeline can
+    be started while this one delivers its last batches.
+    """
+
+    def __init__(self, loader: ReLabelLoader, epoch: int, order: np.ndarray) -> None:
+        self.epoch = epoch
+        self.order = order
+        self.total = loader._num_batches(len(order))
+        self.pipe = loader.build_pipeline(order, epoch) if self.total else None
+        self.scheduled = 0
+        if self.pipe is not None:
+            self.pipe.schedule_run()  # the first call prefetches the queue's depth
+            self.scheduled = min(self.total, self.pipe.prefetch_queue_depth)
+
+    def outputs(self) -> Any:
+        outputs = self.pipe.outputs()
+        if self.scheduled < self.total:
+            self.pipe.schedule_run()
+            self.scheduled += 1
+        return outputs
+
+
 class _Epoch:
     """One pass over this rank's samples of one epoch; made by ``iter(loader)``."""
 
     def __init__(self, loader: ReLabelLoader, epoch: int) -> None:
         self._loader = loader
-        self._order = loader.sampler.indices(epoch)
-        self._total = loader._num_batches(len(self._order))
+        order = loader.sampler.indices(epoch)
+        ahead, loader._ahead_epoch = loader._ahead_epoch, None
+        if ahead is not None and ahead.epoch == epoch and np.array_equal(ahead.order, order):
+            self._run = ahead
+        else:
+            self._run = _Started(loader, epoch, order)
+        self._order = order
+        self._total = self._run.total
         self._next = 0
-        self._pipe = loader.build_pipeline(self._order, epoch) if self._total else None
         maps = loader._label_maps
         self._ahead = None if maps is None else maps.read_ahead(self._span, self._total)
 
@@ -406,17 +457,20 @@ class _Epoch:
 
     def __next__(self) -> tuple[torch.Tensor, ...]:
         if self._next >= self._total:
-            self._pipe = None
+            self._run = None
             raise StopIteration
         batch = self._next
+        run = self._run
         try:
-            outputs = self._pipe.run()
+            outputs = run.outputs()
         except RuntimeError as e:
-            self._pipe, self._next = None, self._total  # a failed DALI pipeline is dead
+            self._run, self._next = None, self._total  # a failed DALI pipeline is dead
             raise self._loader._decode_error(e, self._order, batch) from e
         self._next += 1
+        if run.scheduled == self._total and self._loader._ahead_epoch is None:
+            self._loader._start_ahead()
         maps = None if self._ahead is None else self._ahead.pop()
-        return self._loader._batch(outputs, self._span(batch), maps)
+        return self._loader._batch(outputs, self._span(batch), maps, run.pipe.exec_dynamic)
 
 
 # -- helpers ------------------------------------------------------------------------------
