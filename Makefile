@@ -34,9 +34,12 @@ test: lint
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) benchmarks/store.py
-	$(PY) benchmarks/label_pooling.py
-	$(PY) benchmarks/throughput.py
+	mkdir -p runs/bench
+	$(PY) benchmarks/store.py --out runs/bench/store.json
+	$(PY) benchmarks/label_pooling.py --out runs/bench/label_pooling.json
+	$(PY) benchmarks/decoders.py --out runs/bench/decoders.json
+	$(PY) benchmarks/generate.py --out runs/bench/generate.json
+	$(PY) benchmarks/throughput.py --out-dir runs/bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache runs

@@ -180,8 +180,8 @@ def _chart(results: dict[str, Any], path: Path) -> None:
     colors = ["#4c72b0" if n.startswith("relabel") else "#999999" for n in names]
     fig, ax = plt.subplots(figsize=(8, 3.6), dpi=120)
     ax.barh([PATHS[n] for n in names], values, xerr=[lows, highs], color=colors)
-    for y, v in enumerate(values):
-        ax.text(v, y, f"  {v:,.0f}", va="center")
+    for y, (v, high) in enumerate(zip(values, highs, strict=True)):
+        ax.text(v + high, y, f"  {v:,.0f}", va="center")  # right of the error bar
     ax.invert_yaxis()
     ax.set_xlabel("images per second (median; bars: min-max)")
     m = results["machine"]
@@ -190,7 +190,7 @@ def _chart(results: dict[str, Any], path: Path) -> None:
         f"threads, {results['device']} ({m['cpus']} CPUs{', ' + m['cuda'] if m['cuda'] else ''})",
         fontsize=9,
     )
-    ax.set_xlim(0, max(values) * 1.25)
+    ax.set_xlim(0, max(v + h for v, h in zip(values, highs, strict=True)) * 1.2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
