@@ -197,7 +197,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(images, tmp_path, lite0)
     done_dir = out / "blocks_done" / "c"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and child.poll() is None:
-        if done_dir.is_dir() and len(list(done_dir.iterdir())) >= 2:
+        # Count finished flag files only, not a writer's temporary file.
+        if done_dir.is_dir() and sum(p.name.isdigit() for p in done_dir.iterdir()) >= 2:
             break
         time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
