@@ -61,15 +61,7 @@ def _official_loader(data, store, args):
         ]
     )
     dataset = ImageFolderWithCoordsAndLabelMap(str(data.train), str(data.label_maps), transform)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=args.batch_size,
-        shuffle=True,
-        num_workers=args.threads,
-        persistent_workers=True,
-        drop_last=True,
-        pin_memory=args.device == "cuda",
-    )
+    loader = _data_loader(dataset, args)
     device = torch.device(args.device)
 
     def batches():
@@ -91,6 +83,21 @@ def _official_loader(data, store, args):
     return batches()
 
 
+def _data_loader(dataset, args):
+    """The DataLoader both torchvision paths use: as many workers as the others' threads."""
+    import torch
+
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.threads,
+        persistent_workers=True,
+        drop_last=True,
+        pin_memory=args.device == "cuda",
+    )
+
+
 def _torchvision_loader(data, store, args):
     import torch
     import torchvision
@@ -104,15 +111,7 @@ def _torchvision_loader(data, store, args):
             T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
         ]
     )
-    loader = torch.utils.data.DataLoader(
-        torchvision.datasets.ImageFolder(str(data.train), transform),
-        batch_size=args.batch_size,
-        shuffle=True,
-        num_workers=args.threads,
-        persistent_workers=True,
-        drop_last=True,
-        pin_memory=args.device == "cuda",
-    )
+    loader = _data_loader(torchvision.datasets.ImageFolder(str(data.train), transform), args)
     device = torch.device(args.device)
 
     def batches():
