@@ -8,6 +8,7 @@ favouring class A on the red half (an x/y swap or a wrong mirror fails).
 
 from __future__ import annotations
 
+import gc
 import io
 import shutil
 
@@ -116,6 +117,32 @@ def test_two_epochs_cover_everything_in_new_orders(coded):
     second, _ = _run(loader)  # no reset, no set_epoch: the next epoch
     assert sorted(first) == sorted(second) == list(range(CODED_N))
     assert first != second
+
+
+def test_batches_stay_intact_while_later_batches_and_epochs_are_made(coded):
+    """Images reach torch without a copy: later batches, the next epoch's pipeline
+    started ahead, and the old pipeline's shutdown must not touch a batch still held."""
+    loader = _coded_loader(coded)
+    held = []
+    for _ in range(3):
+        for images, soft, hard in loader:
+            held.append(([t.clone() for t in (images, soft, hard)], (images, soft, hard)))
+    del loader
+    gc.collect()
+    for copies, originals in held:
+        for copy, original in zip(copies, originals, strict=True):
+            assert torch.equal(copy, original)
+    assert len({originals[0].data_ptr() for _, originals in held}) == len(held)
+
+
+def test_set_epoch_after_a_pipeline_was_started_ahead(coded):
+    loader = _coded_loader(coded, seed=2)
+    _run(loader)  # epoch 0; epoch 1's pipeline is started ahead
+    loader.set_epoch(7)
+    ids_7, _ = _run(loader)
+    fresh = _coded_loader(coded, seed=2)
+    fresh.set_epoch(7)
+    assert ids_7 == _run(fresh)[0]
 
 
 def test_same_seed_and_epoch_same_batches(coded):
