@@ -89,8 +89,12 @@ class DenseTeacher(nn.Module):
         self.weights_sha256 = weights_sha256 or state_dict_sha256(model)
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
-        self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
+        # On the model's device: check() and the probes run where the model's weights are.
+        device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
+        mean_t = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std_t = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        self.register_buffer("_mean", mean_t, persistent=False)
+        self.register_buffer("_std", std_t, persistent=False)
         self.requires_grad_(False)
         self._stride: int | None = None
         self._num_classes: int | None = None

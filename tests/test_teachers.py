@@ -180,3 +180,11 @@ def test_timm_teacher_from_checkpoint(tmp_path):
         )
     with pytest.raises(ValueError, match="unknown teacher 'timm:resnet5t'"):
         load_teacher("timm:resnet5t")
+
+
+def test_normalization_lives_on_the_models_device():
+    # A module already on a GPU must be checked there: images made on the CPU would meet
+    # CUDA weights in check(). The meta device stands in for CUDA on a CPU-only machine.
+    model = torchvision.models.resnet18(num_classes=10).to("meta").eval()
+    teacher = dense_teacher(model, weights_sha256="0" * 64, check=False)
+    assert teacher._mean.device.type == "meta" and teacher._std.device.type == "meta"
