@@ -125,7 +125,8 @@ def _dali_batches(paths, indices, resolutions, batch_size, workers, device) -> I
         ]
         return (position, *outs)
 
-    names = ["position", *(f"image{r}" for r in resolutions)]
+    # Named by place, not size: DALI refuses two outputs of one name.
+    names = ["position", *(f"image{i}" for i in range(len(resolutions)))]
     try:
         iterator = DALIGenericIterator(
             pipe(), names, reader_name="reader", last_batch_policy=LastBatchPolicy.PARTIAL

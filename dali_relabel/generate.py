@@ -263,7 +263,10 @@ def generate_label_maps(
     missing = writer.missing_blocks()
     indices = np.concatenate([np.arange(a, b) for a, b in missing]) if missing else np.zeros(0, int)
     buffers = BlockBuffers(writer, keys, skip_bad_images, bad)
-    batches = image_batches(decoder, paths, indices, resolutions, batch_size, workers, device)
+    # One decode and resize per distinct size: teachers of one stride share their images
+    # (and DALI refuses two outputs of one name).
+    sizes = list(dict.fromkeys(resolutions))
+    batches = image_batches(decoder, paths, indices, sizes, batch_size, workers, device)
     bar = tqdm(total=len(indices), unit="img", desc="label maps", disable=not progress)
     try:
         with torch.inference_mode():
@@ -271,7 +274,8 @@ def generate_label_maps(
                 ok = torch.tensor([not e for e in errors])
                 values = classes = None
                 if bool(ok.any()):
-                    x = [im[ok] if not bool(ok.all()) else im for im in imgs]
+                    x = [imgs[sizes.index(r)] for r in resolutions]
+                    x = [im[ok] if not bool(ok.all()) else im for im in x]
                     x = [im.to(device, non_blocking=True) for im in x]
                     dense = _dense_scores(teachers, x, grid, scores)
                     top = dense.topk(k, dim=1)

@@ -252,6 +252,39 @@ def test_two_teachers_average_on_the_finer_grid(images, tmp_path, lite0):
     assert (classes[0] == want.indices.numpy()).mean() > 0.98  # float16 near-ties aside
 
 
+class _Stride32(_Stride16):
+    """Lite0's stride: the two teachers share one input size."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 32, stride=32), nn.ReLU())
+
+
+def test_teachers_of_one_resolution_share_one_decoded_image(images, tmp_path, lite0, monkeypatch):
+    import dali_relabel.generate as gen
+
+    asked = []
+
+    def recording(decoder, paths, indices, resolutions, *args):
+        asked.append(list(resolutions))
+        return real(decoder, paths, indices, resolutions, *args)
+
+    real = gen.image_batches
+    monkeypatch.setattr(gen, "image_batches", recording)
+    small = dense_teacher(_Stride32().eval(), name="stride32")
+    out = generate_label_maps(
+        images, tmp_path / "same.zarr", [lite0, small], resolution=96, workers=0, progress=False
+    )
+    # One image per distinct size: the DALI decoder names its outputs, and refuses repeats.
+    assert asked == [[96]]
+    key = "n02124075/composite"
+    x = _resize(decode_image(images / f"{key}.JPEG"), 96).float()[None] / 255
+    with torch.inference_mode():
+        want = ((lite0(x).double() + small(x).double()) / 2)[0].topk(5, dim=0)
+    scores, _ = out.read([out.index(key)])
+    np.testing.assert_allclose(scores[0], want.values.numpy(), rtol=1e-3, atol=1e-2)
+
+
 def test_dali_decoder_gives_nearly_the_same_maps(images, tmp_path, store, lite0):
     pytest.importorskip("nvidia.dali")
     dali = generate_label_maps(
