@@ -31,6 +31,7 @@ __all__ = ["BlockBuffers", "compact", "finished_compacted", "load_bad_list"]
 # Bad images found in an unfinished store, kept beside its arrays until compaction.
 _BAD_LIST = "bad_images.json"
 _COMPACTING = ".compacting"
+_OLD = ".old"
 
 
 class BlockBuffers:
@@ -122,7 +123,9 @@ def compact(
         scores, classes = staging.read(keep[start:stop])
         writer.write_block(start, scores, classes)
     writer.finalize()
-    old = out.with_name(out.name + ".old")
+    old = out.with_name(out.name + _OLD)
+    if old.exists():
+        shutil.rmtree(old)  # left by a run killed while it removed it
     os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old)
@@ -135,6 +138,10 @@ def finished_compacted(
     """The store at ``out`` when an earlier run with skipped images already completed it."""
     from dali_relabel.store import LabelMapStore
 
+    tmp, old = out.with_name(out.name + _COMPACTING), out.with_name(out.name + _OLD)
+    if not out.exists() and old.is_dir() and (tmp / "zarr.json").is_file():
+        # A run killed between compact()'s two renames: the compacted store is finished.
+        os.replace(tmp, out)
     if not (out / "zarr.json").is_file():
         return None
     try:
@@ -147,4 +154,6 @@ def finished_compacted(
         return None
     if set(store.keys) | set(skipped) != set(keys) or store.k != params["k"]:
         return None
+    if old.exists():
+        shutil.rmtree(old)
     return store

@@ -334,6 +334,37 @@ def test_bad_image_stops_the_run_unless_skipped(with_bad_image, tmp_path, store,
     assert again.keys == skipped.keys
 
 
+def test_kill_between_the_renames_of_compaction(with_bad_image, tmp_path, lite0, monkeypatch):
+    import dali_relabel.block_writer as bw
+    import dali_relabel.generate as gen
+
+    out = tmp_path / "swap.zarr"
+    kwargs = dict(
+        teacher=lite0, resolution=64, shard_size=2, workers=0, skip_bad_images=True, progress=False
+    )
+    real_replace = bw.os.replace
+
+    def killed_before_second_rename(src, dst):
+        if Path(dst) == out:  # the compacted store moving into place
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(bw.os, "replace", killed_before_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        generate_label_maps(with_bad_image, out, **kwargs)
+    assert not out.exists()  # the old store moved aside, the compacted one not yet in place
+    monkeypatch.setattr(bw.os, "replace", real_replace)
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the compacted store was finished; nothing to compute")
+
+    monkeypatch.setattr(gen, "_dense_scores", no_teacher)
+    again = generate_label_maps(with_bad_image, out, **kwargs)
+    assert again.provenance["skipped_images"] == ["n03773504/broken"]
+    assert len(again) == 6
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("swap")) == ["swap.zarr"]
+
+
 def test_cli_generate_and_its_errors(images, tmp_path, capsys, with_bad_image):
     out = tmp_path / "cli.zarr"
     args = ["generate", str(images), str(out), "--resolution", "64", "--workers", "0", "--quiet"]
