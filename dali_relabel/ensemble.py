@@ -122,6 +122,26 @@ def _check_classes(stores: Sequence[LabelMapStore]) -> None:
             )
 
 
+def _describe(store: LabelMapStore) -> dict[str, Any]:
+    """An input's provenance entry: which teacher, which weights, at which resolution."""
+    prov = store.provenance
+    entry = {
+        "path": str(store.path),
+        "teacher": prov.get("teacher", prov.get("source", "unknown")),
+        "weights": prov.get("weights"),
+        "weights_sha256": prov.get("weights_sha256"),
+        "resolution": prov.get("resolution"),
+        "score_kind": store.score_kind,
+        "k": store.k,
+        "grid": list(store.grid),
+    }
+    # An ensemble's weights and resolutions are recorded per member, not at the top.
+    for name in ("teachers", "inputs"):
+        if name in prov:
+            entry[name] = prov[name]
+    return entry
+
+
 def _open(store: str | Path | LabelMapStore) -> LabelMapStore:
     from dali_relabel.store import LabelMapStore
 
@@ -194,17 +214,7 @@ def ensemble_label_maps(
     if score_dtype is None:
         wide = any(s.score_dtype == np.float32 for s in opened)
         score_dtype = "float32" if wide else "float16"
-    inputs = [
-        {
-            "path": str(s.path),
-            "teacher": s.provenance.get("teacher", s.provenance.get("source", "unknown")),
-            "weights_sha256": s.provenance.get("weights_sha256"),
-            "score_kind": s.score_kind,
-            "k": s.k,
-            "grid": list(s.grid),
-        }
-        for s in opened
-    ]
+    inputs = [_describe(s) for s in opened]
     provenance: dict[str, Any] = {
         "source": "dali-relabel ensemble",
         "teacher": " + ".join(str(i["teacher"]) for i in inputs),

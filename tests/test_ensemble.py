@@ -29,7 +29,9 @@ def _random_maps(n, k, grid, seed, kind="logits"):
     return scores.astype(np.float32), classes.astype(np.int64)
 
 
-def _write(path, scores, classes, *, keys=KEYS, kind="logits", names=None, shard_size=4):
+def _write(
+    path, scores, classes, *, keys=KEYS, kind="logits", names=None, shard_size=4, provenance=None
+):
     writer = LabelMapWriter.create(
         path,
         keys,
@@ -39,7 +41,7 @@ def _write(path, scores, classes, *, keys=KEYS, kind="logits", names=None, shard
         score_dtype="float32",
         score_kind=kind,
         class_names=names,
-        provenance={"teacher": path.stem},
+        provenance=provenance or {"teacher": path.stem},
         shard_size=shard_size,
     )
     for start, stop in writer.missing_blocks():
@@ -209,3 +211,24 @@ def test_cli(tmp_path, capsys):
         == 1
     )
     assert "dali-relabel ensemble: error: stores" in capsys.readouterr().err
+
+
+def test_provenance_records_each_inputs_weights_and_resolution(tmp_path):
+    a = _random_maps(len(KEYS), 3, (4, 4), seed=0)
+    b = _random_maps(len(KEYS), 3, (4, 4), seed=1)
+    one = {"teacher": "r50", "weights": "r50.pth", "weights_sha256": "aa" * 32, "resolution": 128}
+    # A generate ensemble records weights and resolutions per teacher, under "teachers".
+    members = [{**one, "teacher": "x"}, {**one, "teacher": "y", "resolution": 96}]
+    two = {"teacher": "x + y", "teachers": members}
+    sa = _write(tmp_path / "a.zarr", *a, provenance=one)
+    sb = _write(tmp_path / "b.zarr", *b, provenance=two)
+    inputs = ensemble_label_maps([sa, sb], tmp_path / "e.zarr", progress=False).provenance["inputs"]
+    assert [i["teacher"] for i in inputs] == ["r50", "x + y"]
+    first = inputs[0]
+    assert (first["weights"], first["weights_sha256"], first["resolution"]) == (
+        "r50.pth",
+        "aa" * 32,
+        128,
+    )
+    assert (first["k"], first["grid"]) == (3, [4, 4])
+    assert [t["resolution"] for t in inputs[1]["teachers"]] == [128, 96]
