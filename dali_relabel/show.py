@@ -4,7 +4,8 @@ The image is drawn with each cell of its label map coloured by the cell's top cl
 (a legend names the classes), so that one sees where the teacher puts which class. With a
 crop box, the box is drawn too and, beside the image, the crop's top-5 training targets
 as ReLabel computes them (:func:`~dali_relabel.ops.label_pooling.relabel_targets`:
-ROIAlign of the map over the box, then softmax). Drawn with matplotlib's Agg backend.
+ROIAlign of the map over the box, then softmax). Drawn on a matplotlib Figure of its
+own, outside pyplot: no backend switched, no figure left open in a notebook or a loop.
 """
 
 from __future__ import annotations
@@ -95,9 +96,7 @@ def show_label_map(
         The matplotlib figure.
     """
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Rectangle
     from matplotlib.ticker import MaxNLocator
 
@@ -117,7 +116,7 @@ def show_label_map(
     found, counts = np.unique(top, return_counts=True)
     order = found[np.argsort(-counts, kind="stable")]
     shown = order[:_MAX_LEGEND]
-    palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]
+    palette = [c for i, c in enumerate(matplotlib.colormaps["tab10"].colors) if i != 7]
     colour = {int(c): palette[i] for i, c in enumerate(shown)}
     grey = (0.75, 0.75, 0.75)
     overlay = np.zeros((gh, gw, 4))
@@ -126,7 +125,7 @@ def show_label_map(
             if int(top[y, x]) in colour:
                 overlay[y, x] = (*colour[int(top[y, x])], alpha)
 
-    fig = plt.figure(figsize=(12 if bbox else 8.5, 6.2), layout="constrained")
+    fig = Figure(figsize=(12 if bbox else 8.5, 6.2), layout="constrained")
     axes = fig.subplots(1, 2, width_ratios=[1.6, 1]) if bbox else [fig.subplots()]
     ax = axes[0]
     ax.imshow(image)

@@ -61,3 +61,13 @@ def test_class_labels_fall_back_to_indices(tmp_path):
     writer = LabelMapWriter.create(tmp_path / "s.zarr", ["a/b"], num_classes=3, k=1, grid=(1, 1))
     writer.write_block(0, np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1, 1, 1), np.int64))
     assert class_labels(writer.finalize()) == ["0", "1", "2"]
+
+
+def test_drawing_leaves_pyplot_alone(sample_store, sample_data):
+    import matplotlib.pyplot as plt
+
+    # pyplot keeps every figure it makes until closed: a loop over keys would pile them up.
+    before = plt.get_fignums()
+    for key in sample_data.keys[:2]:
+        show_label_map(sample_store, sample_data.train, key, box="0,0,0.5,0.5")
+    assert plt.get_fignums() == before
