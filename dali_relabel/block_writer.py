@@ -154,6 +154,11 @@ def finished_compacted(
         return None
     if set(store.keys) | set(skipped) != set(keys) or store.k != params["k"]:
         return None
+    # Parameters outside the provenance: another value makes the caller refuse the store.
+    if store.score_dtype != np.dtype(params["score_dtype"]) or int(
+        store.attrs.get("shard_size", -1)
+    ) != int(params["shard_size"]):
+        return None
     if old.exists():
         shutil.rmtree(old)
     return store

@@ -332,6 +332,11 @@ def test_bad_image_stops_the_run_unless_skipped(with_bad_image, tmp_path, store,
         np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-2)
     again = generate_label_maps(with_bad_image, out, skip_bad_images=True, **kwargs)
     assert again.keys == skipped.keys
+    # The finished, compacted store is not handed back for other parameters.
+    with pytest.raises(StoreMismatchError, match="other parameters"):
+        generate_label_maps(
+            with_bad_image, out, skip_bad_images=True, score_dtype="float32", **kwargs
+        )
 
 
 def test_kill_between_the_renames_of_compaction(with_bad_image, tmp_path, lite0, monkeypatch):
