@@ -39,6 +39,8 @@ __all__ = ["TARGETS", "ReLabelLoader"]
 #: What ``targets=`` accepts; see :class:`ReLabelLoader`.
 TARGETS = ("soft", "hard", "both", "local")
 _BAD_IMAGE = ("raise", "skip")
+# Batches each epoch's DALI pipeline computes ahead (fewer when the epoch is shorter).
+_PREFETCH_DEPTH = 2
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "float32"}
 
 
@@ -136,6 +138,23 @@ class ReLabelLoader:
     ) -> None:
         _check_positive_int("batch_size", batch_size)
         _check_positive_int("crop_size", crop_size)
+        if resize_size is not None:
+            _check_positive_int("resize_size", resize_size)
+            if not train and resize_size < crop_size:
+                raise ValueError(
+                    f"resize_size={resize_size} is smaller than crop_size={crop_size}: "
+                    "evaluation resizes the shorter side to resize_size, then crops "
+                    "crop_size; pass resize_size >= crop_size, or None for "
+                    "round(crop_size / 0.875)"
+                )
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float, np.floating, np.integer))
+            or not 0 < temperature < float("inf")
+        ):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        _check_channels("mean", mean, positive=False)
+        _check_channels("std", std, positive=True)
         if targets is None:
             targets = "soft" if train and label_maps is not None else "hard"
         _check_choice("targets", targets, TARGETS)
@@ -241,7 +260,10 @@ class ReLabelLoader:
             stacklevel=3,
         )
         if not len(self.dataset):
-            raise ImageDecodeError(f"none of the {total:,} images under the root can be decoded")
+            raise ImageDecodeError(
+                f"none of the {total:,} images under {str(self.dataset.root)!r} can be decoded "
+                f"(first: {first} {reason}); root must hold images that DALI can decode"
+            )
 
     # -- DataLoader surface ------------------------------------------------------------
     def __len__(self) -> int:
@@ -292,11 +314,18 @@ class ReLabelLoader:
         )
 
     # -- per epoch and per batch -------------------------------------------------------
-    def build_pipeline(self, order: np.ndarray, epoch: int = 0) -> Any:
+    def build_pipeline(
+        self, order: np.ndarray, epoch: int = 0, *, prefetch_queue_depth: int = _PREFETCH_DEPTH
+    ) -> Any:
         """The built DALI pipeline that reads the samples ``order`` (sample indices) once.
 
         This is the loader's own graph; the benchmark runs it bare to measure what the
         targets cost. Crops and flips are seeded by (seed, epoch, rank).
+
+        Args:
+            order: sample indices in reading order.
+            epoch: the epoch whose crops and flips to draw. Default: 0.
+            prefetch_queue_depth: batches DALI computes ahead. Default: 2.
         """
         files = [self._files[i] for i in order.tolist()]
         common = {
@@ -309,6 +338,7 @@ class ReLabelLoader:
             "channels_last": self.memory_format == torch.channels_last,
             "device_id": self.device.index if self.device.type == "cuda" else None,
             "num_threads": self.num_threads,
+            "prefetch_queue_depth": prefetch_queue_depth,
         }
         if not self.train:
             return _pipeline.build_eval_pipeline(
@@ -334,7 +364,7 @@ class ReLabelLoader:
             )
         images = self._images(outputs[0], exec_dynamic)[:count]
         if self.targets == "hard":
-            return images, self._labels[torch.from_numpy(indices).to(self.device)]
+            return images, self._labels[self._to_device(indices)]
         if self.train:
             boxes = _pipeline.train_boxes(
                 outputs[2].as_array()[:count],
@@ -352,25 +382,32 @@ class ReLabelLoader:
         else:
             soft = self._pooler.submit(self._soft_targets, indices, boxes, mirrors, maps).result()
         if self.targets == "both":
-            return images, soft, self._labels[torch.from_numpy(indices).to(self.device)]
+            return images, soft, self._labels[self._to_device(indices)]
         return images, soft
 
     def _soft_targets(
         self, indices: np.ndarray, boxes: np.ndarray, mirrors: np.ndarray, maps: Any
     ) -> torch.Tensor:
         scores, classes = maps if maps is not None else self._label_maps.gather(indices)
-        scores, classes = scores.to(self.device), classes.to(self.device)
+        scores, classes = self._to_device(scores), self._to_device(classes)
         local = self.targets == "local"
         return _relabel_targets()(
             scores,
             classes,
-            torch.from_numpy(boxes).to(self.device),
+            self._to_device(boxes),
             self.num_classes,
             output_size=self.local_size if local else 1,
-            flip=torch.from_numpy(mirrors).to(self.device) if local else None,
+            flip=self._to_device(mirrors) if local else None,
             temperature=self.temperature,
             validate=self.device.type == "cpu",  # a host sync on CUDA; boxes are ours
         )
+
+    def _to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
+        # A blocking host-to-device copy synchronizes the stream: the loader would wait for
+        # the trainer's queued GPU work on every batch. From pageable memory, CUDA stages
+        # the bytes before the call returns, so the source may go right after.
+        return tensor.to(self.device, non_blocking=True)
 
     def _images(self, tensor_list: Any, exec_dynamic: bool) -> torch.Tensor:
         if exec_dynamic:
@@ -414,11 +451,15 @@ class _Started:
         self.epoch = epoch
         self.order = order
         self.total = loader._num_batches(len(order))
-        self.pipe = loader.build_pipeline(order, epoch) if self.total else None
+        self.pipe = None
         self.scheduled = 0
-        if self.pipe is not None:
-            self.pipe.schedule_run()  # the first call prefetches the queue's depth
-            self.scheduled = min(self.total, self.pipe.prefetch_queue_depth)
+        if self.total:
+            # The first schedule_run() runs the queue's whole depth: no deeper than the
+            # epoch, or a 1-batch epoch would decode a second batch only to drop it.
+            depth = min(_PREFETCH_DEPTH, self.total)
+            self.pipe = loader.build_pipeline(order, epoch, prefetch_queue_depth=depth)
+            self.pipe.schedule_run()
+            self.scheduled = depth
 
     def outputs(self) -> Any:
         outputs = self.pipe.outputs()
@@ -488,6 +529,19 @@ def _check_positive_int(name: str, value: Any) -> None:
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _check_channels(name: str, values: Any, *, positive: bool) -> None:
+    try:
+        floats = [float(v) for v in values]
+    except (TypeError, ValueError):
+        floats = []
+    if len(floats) != 3 or (positive and min(floats) <= 0):
+        what = "three numbers > 0" if positive else "three numbers"
+        raise ValueError(
+            f"{name} must be {what} (R, G, B on the 0-1 scale, e.g. ImageNet's "
+            f"{IMAGENET_MEAN if name == 'mean' else IMAGENET_STD}), got {values!r}"
+        )
 
 
 def _local_size(size: int | tuple[int, int] | None, crop_size: int) -> tuple[int, int]:

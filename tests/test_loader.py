@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import io
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -143,6 +144,35 @@ def test_set_epoch_after_a_pipeline_was_started_ahead(coded):
     fresh = _coded_loader(coded, seed=2)
     fresh.set_epoch(7)
     assert ids_7 == _run(fresh)[0]
+
+
+def test_next_epoch_started_ahead_gives_a_fresh_loaders_batches(coded):
+    ahead = _coded_loader(coded, seed=3)
+    _run(ahead)  # epoch 0
+    assert ahead._ahead_epoch is not None and ahead._ahead_epoch.epoch == 1
+    ids, images = _run(ahead)  # epoch 1, from the pipeline started ahead
+    fresh = _coded_loader(coded, seed=3)
+    fresh.set_epoch(1)
+    fresh_ids, fresh_images = _run(fresh)
+    assert ids == fresh_ids
+    for x, y in zip(images, fresh_images, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)  # same crops and flips
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "kwargs"),
+    [(CODED_N, {}), (16, {"drop_last": True}), (16, {}), (32, {"train": False})],
+)
+def test_short_epochs_run_no_batch_past_their_end(coded, batch_size, kwargs):
+    """A pipeline prefetches its queue's depth at once: never more than the epoch holds."""
+    loader = _coded_loader(coded, batch_size=batch_size, **kwargs)
+    for _ in range(2):
+        ids, outs = _run(loader)
+        assert len(outs) == len(loader) and len(ids) == min(len(loader) * batch_size, CODED_N)
+        ahead = loader._ahead_epoch  # the next epoch's pipeline, started ahead
+        assert ahead is not None and ahead.total == len(loader)
+        # iterations DALI has run or queued that nobody has taken yet
+        assert ahead.pipe._batches_to_consume <= ahead.total
 
 
 def test_same_seed_and_epoch_same_batches(coded):
@@ -335,13 +365,25 @@ def test_undecodable_file_raises_naming_it_or_is_skipped(sample_data, folder, ki
     bad = folder / "n02124075" / "zz_bad.JPEG"
     bad.write_bytes(raw[: len(raw) // 2] if kind == "truncated" else b"not an image\n" * 50)
     loader = ReLabelLoader(folder, None, 2, **FAST)
-    with pytest.raises(ImageDecodeError, match=r"zz_bad\.JPEG"):
-        for _ in loader:
-            pass
+    for _ in range(3):  # later epochs too, whose pipelines may have been started ahead
+        with pytest.raises(ImageDecodeError, match=r"zz_bad\.JPEG"):
+            for _ in loader:
+                pass
     with pytest.warns(UserWarning, match="left out 1 of 4 images"):
         loader = ReLabelLoader(folder, None, 2, on_bad_image="skip", **FAST)
     assert [p.endswith("zz_bad.JPEG") for p, _ in loader.skipped_images] == [True]
     assert sum(len(images) for images, _ in loader) == 3 == len(loader.dataset)
+
+
+def test_a_folder_of_undecodable_files_names_its_root(tmp_path):
+    root = tmp_path / "train"
+    (root / "c").mkdir(parents=True)
+    for n in range(2):
+        (root / "c" / f"{n}.JPEG").write_bytes(b"not an image\n" * 8)
+    with pytest.warns(UserWarning), pytest.raises(ImageDecodeError) as e:
+        ReLabelLoader(root, None, 2, on_bad_image="skip", **FAST)
+    assert f"none of the 2 images under {str(root)!r}" in str(e.value)
+    assert "0.JPEG is not an image" in str(e.value)
 
 
 def test_gray_cmyk_png_named_jpeg_and_tiny_images_decode_to_rgb(sample_data, folder):
@@ -414,6 +456,19 @@ def test_empty_folders_and_bad_arguments(sample_data, tmp_path):
     with pytest.raises(ValueError, match="rank must be in"):
         ReLabelLoader(sample_data.train, None, 8, rank=2, world_size=2)
 
+    # found at construction, not at the first batch, naming the argument and the value
+    bad = [
+        ({"train": False, "resize_size": 8}, r"resize_size=8 is smaller than crop_size=64"),
+        ({"resize_size": 0}, r"resize_size must be a positive int, got 0"),
+        ({"temperature": 0.0}, r"temperature must be a finite number > 0, got 0\.0"),
+        ({"temperature": float("nan")}, r"temperature must be a finite number > 0, got nan"),
+        ({"mean": (0.5, 0.5)}, r"mean must be three numbers .*got \(0\.5, 0\.5\)"),
+        ({"std": (0.2, 0.0, 0.2)}, r"std must be three numbers > 0 .*got \(0\.2, 0\.0, 0\.2\)"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message):
+            ReLabelLoader(sample_data.train, None, 8, **{**FAST, **kwargs})
+
 
 def test_jpeg_bytes_round_trip_helper():
     # _save_jpeg keeps coded colours within a level's reach, which the join tests rely on
@@ -444,6 +499,23 @@ def test_gpu_batches_join_by_identity(coded, memory):
     assert images.dtype == torch.float16 and images.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("memory", ["device", "host"])
+def test_gpu_batches_do_not_wait_for_queued_gpu_work(coded, memory):
+    """The trainer's GPU work runs while the loader makes the next batch: no stream sync."""
+    loader = _coded_loader(coded, device="cuda", label_map_memory=memory, batch_size=4)
+    batches = iter(loader)
+    next(batches)  # the first batch compiles and warms up
+    torch.cuda.synchronize()
+    time.sleep(0.5)  # DALI's prefetched batches are ready
+    torch.cuda._sleep(2_000_000_000)  # about a second of GPU time on the current stream
+    images, soft, _ = next(batches)
+    still_busy = not torch.cuda.current_stream().query()
+    torch.cuda.synchronize()
+    assert still_busy, "next(loader) waited for the GPU work queued before it"
+    assert soft.argmax(1).tolist() == _decode_ids(images.cpu())
+
+
 # -- trainer adapters --------------------------------------------------------------------
 def test_trainer_adapters(sample_data, sample_store, tmp_path):
     import argparse
@@ -456,6 +528,9 @@ def test_trainer_adapters(sample_data, sample_store, tmp_path):
     assert loader.train and loader.targets == "soft" and loader.crop_size == CROP
     val = create_loader(sample_data.train, sample_store, CROP, 16, crop_pct=0.5, num_workers=2)
     assert val.targets == "hard" and val._resize_size == 2 * CROP
+    # timm's default crop_pct, with timm's floor: 300 / 0.875 = 342.9 -> 342
+    val = create_loader(sample_data.train, sample_store, 300, 16, num_workers=2)
+    assert val._resize_size == 342
     with pytest.raises(ValueError, match="input_size must be square"):
         create_loader(sample_data.train, None, (3, CROP, 2 * CROP), 16)
 

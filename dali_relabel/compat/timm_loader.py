@@ -28,6 +28,8 @@ from dali_relabel.store import LabelMapStore
 
 __all__ = ["create_loader"]
 
+_DEFAULT_CROP_PCT = 0.875  # timm.data.DEFAULT_CROP_PCT
+
 
 def create_loader(
     root: str | os.PathLike,
@@ -67,7 +69,9 @@ def create_loader(
         if size[0] != size[1]:
             raise ValueError(f"input_size must be square, got {tuple(input_size)}")
         size = int(size[0])
-    resize = None if crop_pct is None else math.floor(size / crop_pct)
+    # timm's eval transform: floor(size / crop_pct), crop_pct 0.875 by default. The loader's
+    # own default rounds instead (343 against timm's 342 for 300 px), so it is not used.
+    resize = math.floor(size / (_DEFAULT_CROP_PCT if crop_pct is None else crop_pct))
     return ReLabelLoader(
         root,
         label_maps,
