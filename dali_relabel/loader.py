@@ -476,7 +476,9 @@ class _Epoch:
         self._loader = loader
         order = loader.sampler.indices(epoch)
         ahead, loader._ahead_epoch = loader._ahead_epoch, None
-        if ahead is not None and ahead.epoch == epoch and np.array_equal(ahead.order, order):
+        # An evaluation pipeline has no randomness: any epoch's serves when the order matches.
+        same_epoch = ahead is not None and (ahead.epoch == epoch or not loader.train)
+        if same_epoch and np.array_equal(ahead.order, order):
             self._run = ahead
         else:
             self._run = _Started(loader, epoch, order)

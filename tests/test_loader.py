@@ -220,6 +220,19 @@ def test_eval_shards_every_sample_once_without_padding(coded):
     assert sorted(ids) == list(range(CODED_N))
 
 
+def test_eval_reuses_the_pipeline_started_ahead_whatever_the_epoch(coded, monkeypatch):
+    loader = _coded_loader(coded, train=False)
+    built = []
+    original = loader.build_pipeline
+    monkeypatch.setattr(
+        loader, "build_pipeline", lambda *a, **k: built.append(a[1:2]) or original(*a, **k)
+    )
+    for _ in range(3):
+        loader.set_epoch(0)  # scripts often pin their eval loader's epoch
+        assert _run(loader)[0] == list(range(CODED_N))
+    assert len(built) == 4  # the first epoch's, then one started ahead per epoch
+
+
 def test_streamed_maps_join_the_same(coded):
     host = _coded_loader(coded, seed=2, label_map_memory="host")
     stream = _coded_loader(coded, seed=2, label_map_memory="stream", rank=1, world_size=2)
