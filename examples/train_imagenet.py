@@ -13,6 +13,7 @@ train and val) and the loss, a cross-entropy against soft targets:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
@@ -91,9 +92,8 @@ def main() -> None:
             train_loader.set_epoch(epoch)  # optional: without it epochs count up by themselves
             model.train()
             start = time.perf_counter()
-            for step, (images, targets) in enumerate(train_loader):
-                if step == steps:
-                    break
+            # islice, not break: a break would make the loader fetch one batch too many
+            for step, (images, targets) in enumerate(itertools.islice(train_loader, steps)):
                 loss = soft_cross_entropy(model(images), targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -106,7 +106,10 @@ def main() -> None:
                         f"{rate:.0f} img/s"
                     )
             if val_loader is not None:
-                print(f"epoch {epoch} val top-1 {evaluate(model, val_loader, distributed):.2%}")
+                # the bare module: DDP's forward would sync buffers with every process, and
+                # one with no validation batch would never join
+                bare = model.module if distributed else model
+                print(f"epoch {epoch} val top-1 {evaluate(bare, val_loader, distributed):.2%}")
 
     if distributed:
         torch.distributed.destroy_process_group()
@@ -121,13 +124,15 @@ def train_device() -> torch.device:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: ReLabelLoader, distributed: bool) -> float:
     model.eval()
-    stats = torch.zeros(2, device=loader.device)  # correct, seen
+    correct = torch.zeros((), device=loader.device)
+    seen = 0  # counted on the host: no copy to the GPU per batch
     for images, labels in loader:
-        correct = (model(images).argmax(1) == labels).sum()
-        stats += torch.stack([correct.to(stats.dtype), stats.new_tensor(len(labels))])
+        correct += (model(images).argmax(1) == labels).sum()
+        seen += len(labels)
+    stats = torch.stack([correct, correct.new_tensor(seen)])
     if distributed:
         torch.distributed.all_reduce(stats)
-    return (stats[0] / stats[1]).item()
+    return (stats[0] / stats[1].clamp(min=1)).item()
 
 
 if __name__ == "__main__":

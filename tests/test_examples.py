@@ -1,0 +1,29 @@
+"""The examples run as documented (a few steps on the real-photo sample, on the CPU)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.slow
+def test_train_imagenet_on_the_sample():
+    args = ["--sample", "--steps", "3", "--crop-size", "64", "--batch-size", "8"]
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / "train_imagenet.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    steps = re.findall(r"epoch 0 step (\d+)/3 loss ([0-9.]+)", run.stdout)
+    assert [s for s, _ in steps] == ["1", "3"]  # the last step is reported, no step 4
+    assert all(float(loss) > 0 for _, loss in steps)
+    top1 = re.search(r"epoch 0 val top-1 ([0-9.]+)%", run.stdout)
+    assert top1 is not None and 0.0 <= float(top1.group(1)) <= 100.0
