@@ -117,6 +117,9 @@ class LabelMapStore:
                 f"label map store {path!r} {what}; create one with `dali-relabel convert` "
                 "or `dali-relabel generate`"
             )
+        if not _is_url(path):
+            # Absolute from here on: a later chdir must not move the store.
+            path = str(Path(_local_path(path)).resolve())
         try:
             group = _open_group(path, "r", storage_options)
         except (FileNotFoundError, zarr.errors.NodeTypeValidationError) as e:
@@ -229,7 +232,7 @@ class LabelMapStore:
                 import tensorstore as ts
             except ImportError:
                 return None
-            root = str(Path(_local_path(self.path)).resolve())
+            root = _local_path(self.path)
             self._ts = tuple(
                 ts.open(
                     {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{root}/{name}"}},

@@ -27,6 +27,7 @@ from dali_relabel.store import (
     LabelMapStore,
     _is_url,
     _keys_digest,
+    _local_path,
     class_dtype_for,
 )
 
@@ -87,6 +88,7 @@ class LabelMapWriter:
         path = str(path)
         if _is_url(path):
             raise ValueError(f"stores are written to local paths, got URL {path!r}")
+        path = str(Path(_local_path(path)).resolve())  # a later chdir must not move it
         _check_params(num_classes, k, grid, score_dtype, score_kind, shard_size, class_names)
         keys = [str(key) for key in keys]
         if len(set(keys)) != len(keys):
@@ -183,7 +185,7 @@ class LabelMapWriter:
         if self._ts is None:
             import tensorstore as ts
 
-            root = str(Path(self.path).resolve())
+            root = self.path
             self._ts = tuple(
                 ts.open(
                     {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{root}/{name}"}},

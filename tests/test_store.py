@@ -187,3 +187,23 @@ def test_open_fsspec_url(tmp_path):
     s, c = store.read([4, 2])
     np.testing.assert_array_equal(c, classes[[4, 2]])
     np.testing.assert_array_equal(s, scores[[4, 2]].astype(np.float16))
+
+
+def test_relative_paths_survive_a_chdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scores, classes = _random_maps(20)
+    writer = LabelMapWriter.create(
+        "rel.zarr", [f"k{i}" for i in range(20)], num_classes=1000, k=5, grid=(15, 11), shard_size=8
+    )
+    for i, (start, stop) in enumerate(writer.missing_blocks()):
+        if i == 1:
+            (tmp_path / "elsewhere").mkdir()
+            monkeypatch.chdir(tmp_path / "elsewhere")
+        writer.write_block(start, scores[start:stop], classes[start:stop])
+    store = writer.finalize()
+    monkeypatch.chdir(tmp_path)
+    opened = LabelMapStore.open("rel.zarr")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for s in (store, opened):
+        np.testing.assert_array_equal(s.read([19])[1], classes[[19]])
+    assert not (tmp_path / "elsewhere" / "rel.zarr").exists()
