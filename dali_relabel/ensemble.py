@@ -126,7 +126,8 @@ def _describe(store: LabelMapStore) -> dict[str, Any]:
     """An input's provenance entry: which teacher, which weights, at which resolution."""
     prov = store.provenance
     entry = {
-        "path": str(store.path),
+        # Resolved: the same inputs named from another folder are the same ensemble.
+        "path": str(store.path) if "://" in str(store.path) else str(Path(store.path).resolve()),
         "teacher": prov.get("teacher", prov.get("source", "unknown")),
         "weights": prov.get("weights"),
         "weights_sha256": prov.get("weights_sha256"),

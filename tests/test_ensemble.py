@@ -232,3 +232,15 @@ def test_provenance_records_each_inputs_weights_and_resolution(tmp_path):
     )
     assert (first["k"], first["grid"]) == (3, [4, 4])
     assert [t["resolution"] for t in inputs[1]["teachers"]] == [128, 96]
+
+
+def test_rerun_from_another_folder_resumes_the_same_ensemble(tmp_path, monkeypatch):
+    _write(tmp_path / "a.zarr", *_random_maps(len(KEYS), 3, (4, 4), seed=0))
+    _write(tmp_path / "b.zarr", *_random_maps(len(KEYS), 3, (4, 4), seed=1))
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    first = ensemble_label_maps(["a.zarr", "b.zarr"], "e.zarr", progress=False)
+    assert first.provenance["inputs"][0]["path"] == str(tmp_path / "a.zarr")
+    monkeypatch.chdir(tmp_path / "sub")  # the same inputs, named from elsewhere
+    again = ensemble_label_maps(["../a.zarr", "../b.zarr"], "../e.zarr", progress=False)
+    np.testing.assert_array_equal(again.tables()[1], first.tables()[1])
