@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from dali_relabel.store import LabelMapStore
     from dali_relabel.writer import LabelMapWriter
 
-__all__ = ["BlockBuffers", "compact", "finished_compacted", "load_bad_list"]
+__all__ = ["BlockBuffers", "clear_bad_list", "compact", "finished_compacted", "load_bad_list"]
 
 # Bad images found in an unfinished store, kept beside its arrays until compaction.
 _BAD_LIST = "bad_images.json"
@@ -95,6 +95,10 @@ class BlockBuffers:
 def load_bad_list(store: str | Path) -> dict[str, str]:
     path = Path(store) / _BAD_LIST
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def clear_bad_list(store: str | Path) -> None:
+    (Path(store) / _BAD_LIST).unlink(missing_ok=True)
 
 
 def _save_bad_list(store: str | Path, bad: dict[str, str]) -> None:

@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dali_relabel.block_writer import BlockBuffers, compact, finished_compacted, load_bad_list
+from dali_relabel.block_writer import (
+    BlockBuffers,
+    clear_bad_list,
+    compact,
+    finished_compacted,
+    load_bad_list,
+)
 from dali_relabel.constants import DEFAULT_TOPK
 from dali_relabel.decode import DECODERS, image_batches
 from dali_relabel.decode import decode_image as decode_image  # re-exported: show.py reads it here
@@ -260,6 +266,13 @@ def generate_label_maps(
         return done
     writer = LabelMapWriter.create(out, keys, **params)
     bad = load_bad_list(out)
+    if bad:
+        # Failures of an earlier, unfinished attempt: decode their blocks again, the images
+        # may have been repaired since. The list goes only once the blocks are unflagged.
+        position = {key: i for i, key in enumerate(keys)}
+        writer.forget_blocks(position[key] for key in bad if key in position)
+        clear_bad_list(out)
+        bad = {}
     missing = writer.missing_blocks()
     indices = np.concatenate([np.arange(a, b) for a, b in missing]) if missing else np.zeros(0, int)
     buffers = BlockBuffers(writer, keys, skip_bad_images, bad)

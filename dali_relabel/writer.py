@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +176,12 @@ class LabelMapWriter:
         """Every block as (start, stop) sample ranges."""
         n, b = self.num_samples, self.block_size
         return [(s, min(n, s + b)) for s in range(0, n, b)]
+
+    def forget_blocks(self, samples: Iterable[int]) -> None:
+        """Flag the blocks that hold these samples as not written, to be written again."""
+        for block in sorted({int(i) // self.block_size for i in samples}):
+            self._group["blocks_done"][block] = 0
+            self._done[block] = False
 
     def missing_blocks(self) -> list[tuple[int, int]]:
         """The blocks not yet written, as (start, stop)."""

@@ -339,6 +339,32 @@ def test_bad_image_stops_the_run_unless_skipped(with_bad_image, tmp_path, store,
         )
 
 
+def test_an_image_repaired_after_an_unfinished_skipping_run_gets_its_map(
+    with_bad_image, tmp_path, store, lite0, monkeypatch
+):
+    import dali_relabel.generate as gen
+
+    out = tmp_path / "repaired.zarr"
+    kwargs = dict(teacher=lite0, resolution=RES, shard_size=2, workers=0, progress=False)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # every block written and flagged, the store not compacted
+
+    monkeypatch.setattr(gen, "compact", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_label_maps(with_bad_image, out, skip_bad_images=True, **kwargs)
+    monkeypatch.undo()
+    broken = with_bad_image / "n03773504" / "broken.JPEG"
+    good = next(p for p in sorted((with_bad_image / "n03773504").glob("*.JPEG")) if p != broken)
+    shutil.copy(good, broken)  # repaired
+    fixed = generate_label_maps(with_bad_image, out, **kwargs)  # no skipping now
+    assert "n03773504/broken" in fixed.keys and "skipped_images" not in fixed.provenance
+    twin = good.relative_to(with_bad_image).with_suffix("").as_posix()
+    s, c = fixed.read([fixed.index("n03773504/broken"), fixed.index(twin)])
+    np.testing.assert_array_equal(c[0], c[1])  # the same picture, the same map
+    np.testing.assert_array_equal(s[0], s[1])
+
+
 def test_kill_between_the_renames_of_compaction(with_bad_image, tmp_path, lite0, monkeypatch):
     import dali_relabel.block_writer as bw
     import dali_relabel.generate as gen
