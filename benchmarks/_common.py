@@ -4,13 +4,16 @@ median of several timed windows with min and max; JSON out)."""
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from dali_relabel.bench import machine  # what the numbers were measured on
+
+__all__ = ["emit", "machine", "time_windows"]
 
 
 def time_windows(fn: Callable[[], Any], *, windows: int = 5, warmup: int = 1) -> dict[str, float]:
@@ -23,21 +26,6 @@ def time_windows(fn: Callable[[], Any], *, windows: int = 5, warmup: int = 1) ->
         fn()
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
-
-
-def machine() -> dict[str, Any]:
-    import os
-
-    import torch
-
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    return info
 
 
 def emit(result: dict[str, Any], out: str | Path | None) -> None:

@@ -13,15 +13,17 @@ warm-up, and the median, min and max of the runs are reported with the ratio of 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, machine
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -103,17 +105,13 @@ def main() -> None:
         "workers": args.workers if args.workers is not None else min(8, os.cpu_count() or 1),
         "decoder": args.decoder,
         "device": str(device),
-        "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine(),
         "forward_images_per_s": _stats(forward),
         "generate_images_per_s": _stats(generate),
         "ratio_generate_to_forward": statistics.median(generate) / statistics.median(forward),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
