@@ -193,12 +193,15 @@ class LabelMapStore:
             self._keys = tuple(str(k) for k in self._group["keys"][...].tolist())
         return self._keys
 
-    def index(self, key: str) -> int:
-        """Sample index of ``key``; KeyError when the store has no such key."""
+    def _index_of(self) -> dict[str, int]:
         if self._key_index is None:
             self._key_index = {k: i for i, k in enumerate(self.keys)}
+        return self._key_index
+
+    def index(self, key: str) -> int:
+        """Sample index of ``key``; KeyError when the store has no such key."""
         try:
-            return self._key_index[key]
+            return self._index_of()[key]
         except KeyError:
             raise KeyError(
                 f"label map store {self.path!r} has no key {key!r} (keys look like "
@@ -209,10 +212,9 @@ class LabelMapStore:
 
     def indices(self, keys: Iterable[str]) -> np.ndarray:
         """Sample indices of many keys (int64); KeyError naming the first missing ones."""
-        if self._key_index is None:
-            self._key_index = {k: i for i, k in enumerate(self.keys)}
+        index_of = self._index_of()
         keys = list(keys)
-        out = np.fromiter((self._key_index.get(k, -1) for k in keys), np.int64, len(keys))
+        out = np.fromiter((index_of.get(k, -1) for k in keys), np.int64, len(keys))
         missing = [keys[i] for i in np.flatnonzero(out < 0)]
         if missing:
             raise KeyError(
