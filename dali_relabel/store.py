@@ -60,6 +60,18 @@ def _keys_digest(keys: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def _open_tensorstores(ts: Any, root: str, *, write: bool) -> tuple[Any, Any]:
+    """The (scores, classes) arrays of the local store at ``root``, opened by tensorstore."""
+    return tuple(
+        ts.open(
+            {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{root}/{name}"}},
+            read=True,
+            write=write,
+        ).result()
+        for name in ("scores", "classes")
+    )
+
+
 def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None):
     import zarr
 
@@ -234,14 +246,7 @@ class LabelMapStore:
                 import tensorstore as ts
             except ImportError:
                 return None
-            root = _local_path(self.path)
-            self._ts = tuple(
-                ts.open(
-                    {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{root}/{name}"}},
-                    read=True,
-                ).result()
-                for name in ("scores", "classes")
-            )
+            self._ts = _open_tensorstores(ts, _local_path(self.path), write=False)
         return self._ts
 
     def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:

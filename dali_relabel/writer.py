@@ -28,6 +28,7 @@ from dali_relabel.store import (
     _is_url,
     _keys_digest,
     _local_path,
+    _open_tensorstores,
     class_dtype_for,
 )
 
@@ -191,15 +192,7 @@ class LabelMapWriter:
         if self._ts is None:
             import tensorstore as ts
 
-            root = self.path
-            self._ts = tuple(
-                ts.open(
-                    {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{root}/{name}"}},
-                    read=True,
-                    write=True,
-                ).result()
-                for name in ("scores", "classes")
-            )
+            self._ts = _open_tensorstores(ts, self.path, write=True)
         return self._ts
 
     def write_block(self, start: int, scores: np.ndarray, classes: np.ndarray) -> None:
