@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's GPU check: GPU tests, the LabelPooling benchmark, the decoder question and
-# the throughput benchmark at batch 256, in a few minutes, JSON under OUT_DIR.
+# the throughput benchmark at batch 256, plus the example trainer and generate on CUDA, in a
+# few minutes, JSON under OUT_DIR.
 #
 # Usage: benchmarks/gpu_check.sh OUT_DIR
 # Run from the repository root with dali_relabel importable (PYTHONPATH=$PWD) and DALI,
@@ -30,6 +31,12 @@ step gpu_tests 150 "$py" -m pytest -q -m gpu -p no:cacheprovider tests \
     --junitxml="$out/gpu_tests.xml"
 step label_pooling 60 "$py" benchmarks/label_pooling.py --out "$out/label_pooling.json"
 step decoders 60 "$py" benchmarks/decoders.py --device cuda --out "$out/decoders.json"
+step example 120 "$py" examples/train_imagenet.py --sample --steps 20 --crop-size 224 \
+    --batch-size 32
+step generate 150 bash -c "$py -m dali_relabel.cli sample '$out/sample' --images-per-class 8 &&
+    $py -m dali_relabel.cli generate '$out/sample/train' '$out/sample/maps.zarr' --device cuda \
+    --decoder dali --resolution 224 --quiet && $py -m dali_relabel.cli info '$out/sample/maps.zarr'"
+rm -rf "$out/sample"
 step throughput 200 "$py" -m dali_relabel.bench --device cuda --batch-size 256 \
     --images-per-class 160 --windows 3 --window-batches 4 --warmup-batches 3 --out-dir "$out"
 exit $status
