@@ -1,18 +1,29 @@
 """Exceptions of dali_relabel.
 
-Each one also subclasses the builtin a caller would catch without knowing this
-library (zarr's ``errors.py`` does the same), so ``except ValueError`` keeps working.
+Every error raised on purpose derives from :class:`DaliRelabelError` and also from the
+builtin a caller would catch without knowing this library (zarr's ``errors.py`` does the
+same: ``NodeNotFoundError(FileNotFoundError)``), so ``except ValueError`` keeps working
+and ``except DaliRelabelError`` catches everything the library means to say. The
+command line prints these as one line; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
+    "ClassTableError",
     "DaliRelabelError",
     "ImageDecodeError",
+    "KeyNotFoundError",
     "LabelMapFormatError",
+    "MissingDependencyError",
+    "NotFoundError",
+    "SampleIndexError",
     "StoreIncompleteError",
     "StoreMismatchError",
     "StoreNotFoundError",
+    "TeacherError",
 ]
 
 
@@ -20,10 +31,49 @@ class DaliRelabelError(Exception):
     """Base class of every error raised on purpose by dali_relabel."""
 
 
-class StoreNotFoundError(DaliRelabelError, FileNotFoundError):
+# -- arguments ------------------------------------------------------------------------
+class ArgumentError(DaliRelabelError, ValueError):
+    """An argument whose value is outside what is accepted; the message names both."""
+
+
+class ArgumentTypeError(DaliRelabelError, TypeError):
+    """An argument of a type that is not accepted."""
+
+
+class SampleIndexError(DaliRelabelError, IndexError):
+    """A sample index outside a store's or a dataset's range."""
+
+
+class KeyNotFoundError(DaliRelabelError, KeyError):
+    """A sample key that a label-map store does not hold."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; this one is a sentence
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingDependencyError(DaliRelabelError, ImportError):
+    """An optional package that a feature needs is not installed; the message says which
+    extra of dali_relabel brings it (``pip install 'dali_relabel[cuda13]'``)."""
+
+
+# -- files and folders ----------------------------------------------------------------
+class NotFoundError(DaliRelabelError, FileNotFoundError):
+    """A file or folder that a call needs does not exist or holds nothing usable."""
+
+
+class StoreNotFoundError(NotFoundError):
     """A path or URL that should hold a label-map store does not."""
 
 
+class ClassTableError(DaliRelabelError, ValueError):
+    """Class folders that a class table (``class_names``) does not list."""
+
+
+class ImageDecodeError(DaliRelabelError, RuntimeError):
+    """An image that cannot be decoded."""
+
+
+# -- label-map stores -----------------------------------------------------------------
 class StoreIncompleteError(DaliRelabelError, ValueError):
     """A store whose writing has not finished (an interrupted conversion)."""
 
@@ -36,5 +86,6 @@ class LabelMapFormatError(DaliRelabelError, ValueError):
     """A label-map file (official ``.pt`` or dense map) that is malformed."""
 
 
-class ImageDecodeError(DaliRelabelError, RuntimeError):
-    """An image that cannot be decoded."""
+class TeacherError(DaliRelabelError, ValueError):
+    """A teacher that cannot be built: an unknown name, weights that do not fit the
+    model, or a model that cannot be made fully convolutional."""
