@@ -12,8 +12,6 @@ __all__ = [
     "IMAGENET_STD",
     "RRC_RATIO",
     "RRC_SCALE",
-    "STORE_FORMAT",
-    "STORE_FORMAT_VERSION",
 ]
 
 #: ImageNet channel statistics on the 0-1 scale (torchvision's convention).
@@ -33,7 +31,3 @@ DEFAULT_EVAL_RESIZE = 256
 #: The official ReLabel release: top-5 classes on a 15x15 grid.
 DEFAULT_TOPK = 5
 DEFAULT_GRID: tuple[int, int] = (15, 15)
-
-#: Identifies a label-map store (docs/FORMAT.md).
-STORE_FORMAT = "dali_relabel.label_maps"
-STORE_FORMAT_VERSION = 1

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 
 from dali_relabel.errors import LabelMapFormatError
-from dali_relabel.store import DEFAULT_SHARD_SIZE, LabelMapStore
-from dali_relabel.writer import LabelMapWriter
+from dali_relabel.store import DEFAULT_SHARD_SIZE, LabelMapStore, LabelMapWriter
 
 __all__ = ["LAYOUTS", "add_commands", "convert", "find_label_map_files", "load_label_map_file"]
 

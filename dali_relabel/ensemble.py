@@ -183,7 +183,7 @@ def ensemble_label_maps(
     import torch
     from tqdm.auto import tqdm
 
-    from dali_relabel.writer import LabelMapWriter
+    from dali_relabel.store import LabelMapWriter
 
     if not stores:
         raise ValueError("ensemble needs at least one store")

@@ -25,13 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dali_relabel.block_writer import (
-    BlockBuffers,
-    clear_bad_list,
-    compact,
-    finished_compacted,
-    load_bad_list,
-)
+from dali_relabel.block_writer import BlockBuffers, clear_bad_list, load_bad_list
 from dali_relabel.constants import DEFAULT_TOPK
 from dali_relabel.decode import DECODERS, image_batches
 from dali_relabel.decode import decode_image as decode_image  # re-exported: show.py reads it here
@@ -180,7 +174,7 @@ def generate_label_maps(
 
     from dali_relabel.dataset import scan_image_folder
     from dali_relabel.imagenet import imagenet_wnids
-    from dali_relabel.writer import LabelMapWriter
+    from dali_relabel.store import LabelMapWriter, compact, find_compacted
 
     if scores not in _SCORE_KINDS:
         raise ValueError(f"scores must be one of {_SCORE_KINDS}, got {scores!r}")
@@ -261,7 +255,7 @@ def generate_label_maps(
         "shard_size": shard_size,
     }
 
-    done = finished_compacted(out, keys, params)
+    done = find_compacted(out, keys, params)
     if done is not None:
         return done
     writer = LabelMapWriter.create(out, keys, **params)

@@ -8,8 +8,7 @@ import torch
 
 from dali_relabel.imagenet import imagenet_wnids
 from dali_relabel.sample import SampleData, make_sample_data
-from dali_relabel.store import LabelMapStore
-from dali_relabel.writer import LabelMapWriter
+from dali_relabel.store import LabelMapStore, LabelMapWriter
 
 
 def pytest_collection_modifyitems(config, items):

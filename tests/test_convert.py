@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 from torchvision.ops import roi_align
 
 from dali_relabel import LabelMapStore
@@ -243,7 +244,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     proc.wait()
     with pytest.raises(ValueError, match="incomplete"):
         LabelMapStore.open(out)
-    done = int(LabelMapStore.open(out, allow_incomplete=True)._group["blocks_done"][...].sum())
+    done = int(zarr.open_group(out, mode="r")["blocks_done"][...].sum())  # the format's flags
     assert 3 <= done < 30
     subprocess.run(_run_convert(tmp_path / "src", out, 8), check=True, stderr=subprocess.DEVNULL)
     resumed = LabelMapStore.open(out)

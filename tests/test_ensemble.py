@@ -11,8 +11,7 @@ import torch
 from dali_relabel.cli import main
 from dali_relabel.ensemble import densify, ensemble_label_maps, resample
 from dali_relabel.ops.label_pooling import label_pooling
-from dali_relabel.store import LabelMapStore
-from dali_relabel.writer import LabelMapWriter
+from dali_relabel.store import LabelMapStore, LabelMapWriter
 
 C = 20
 KEYS = [f"n{c:08d}/img_{i}" for c in range(2) for i in range(5)]

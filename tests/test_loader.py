@@ -22,7 +22,7 @@ from dali_relabel import ReLabelLoader
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD
 from dali_relabel.errors import ImageDecodeError, StoreMismatchError
 from dali_relabel.imagenet import imagenet_wnids
-from dali_relabel.writer import LabelMapWriter
+from dali_relabel.store import LabelMapWriter
 
 CROP = 64
 FAST = {"crop_size": CROP, "num_threads": 2}

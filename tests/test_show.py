@@ -56,7 +56,7 @@ def test_parse_box():
 
 
 def test_class_labels_fall_back_to_indices(tmp_path):
-    from dali_relabel.writer import LabelMapWriter
+    from dali_relabel.store import LabelMapWriter
 
     writer = LabelMapWriter.create(tmp_path / "s.zarr", ["a/b"], num_classes=3, k=1, grid=(1, 1))
     writer.write_block(0, np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1, 1, 1), np.int64))

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 
 from dali_relabel import LabelMapStore
-from dali_relabel.constants import STORE_FORMAT
 from dali_relabel.errors import StoreIncompleteError, StoreMismatchError, StoreNotFoundError
-from dali_relabel.writer import LabelMapWriter
+from dali_relabel.store import STORE_FORMAT, LabelMapWriter
 
 
 def _random_maps(n, k=5, grid=(15, 11), num_classes=1000, seed=0):
@@ -48,8 +48,8 @@ def test_memory_mode_equals_disk_and_zarr_python_fallback(tmp_path, monkeypatch)
     disk = LabelMapStore.open(path).read(idx)
     memory = LabelMapStore.open(path, in_memory=True)
     assert memory.in_memory
+    monkeypatch.setitem(sys.modules, "tensorstore", None)  # as without tensorstore
     fallback = LabelMapStore.open(path)
-    monkeypatch.setattr(fallback, "_tensorstores", lambda: None)  # as without tensorstore
     for other in (memory.read(idx), fallback.read(idx)):
         np.testing.assert_array_equal(disk[0], other[0])
         np.testing.assert_array_equal(disk[1], other[1])
@@ -69,6 +69,14 @@ def test_float32_and_int32_class_dtype(tmp_path):
     s, c = store.read([5])
     assert s.dtype == np.float32 and c.dtype == np.int32
     np.testing.assert_array_equal(s[0], scores[5])
+
+
+@pytest.mark.parametrize(("score_dtype", "num_classes"), [("float16", 1000), ("float32", 40000)])
+def test_bytes_per_sample_is_what_the_tables_take(tmp_path, score_dtype, num_classes):
+    store, *_ = _write(tmp_path / "s.zarr", score_dtype=score_dtype, num_classes=num_classes)
+    tables = store.tables()
+    assert store.bytes_per_sample * len(store) == sum(table.nbytes for table in tables)
+    assert (store.score_dtype, store.class_dtype) == (tables[0].dtype, tables[1].dtype)
 
 
 def test_index_and_indices(tmp_path):

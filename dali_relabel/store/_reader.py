@@ -1,84 +1,47 @@
-"""The label-map store: ReLabel's per-image top-k label maps in one Zarr v3 group.
+"""LabelMapStore: read access to a label-map store (ReLabel's per-image top-k maps).
 
 The official ReLabel release (Yun et al., CVPR 2021) keeps one ``.pt`` file per
-training image; this module keeps all of them in one chunked, compressed Zarr v3
-store (format in ``docs/FORMAT.md``): ``scores`` [N, k, H, W] (float16 or float32),
+training image; a store keeps all of them in one chunked, compressed Zarr v3 group
+(format in ``docs/FORMAT.md``): ``scores`` [N, k, H, W] (float16 or float32),
 ``classes`` [N, k, H, W] (int16, or int32 past 32,767 classes) and ``keys`` [N]
 (relative image path without extension), in image orientation.
 
-Reading goes through tensorstore where it can (local paths): zarr-python decodes
-about 1,000 one-sample chunks per second, tensorstore 20-40 thousand, which is
-what makes loading all of ImageNet into memory take well under a minute.
-Writing lives in ``dali_relabel.writer``.
+Reading goes through tensorstore where it can (local paths): it decodes one-sample
+chunks tens of times faster than zarr-python (README, "Numbers"), which is what makes
+loading all of ImageNet into memory take well under a minute. URLs are read through
+zarr-python and fsspec.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dali_relabel.constants import STORE_FORMAT, STORE_FORMAT_VERSION
 from dali_relabel.errors import (
+    ArgumentTypeError,
+    KeyNotFoundError,
+    SampleIndexError,
     StoreIncompleteError,
     StoreMismatchError,
     StoreNotFoundError,
+)
+from dali_relabel.store._format import (
+    DEFAULT_SHARD_SIZE,
+    STORE_FORMAT,
+    STORE_FORMAT_VERSION,
+    is_url,
+    local_path,
+    open_group,
+    open_tensorstores,
 )
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEFAULT_SHARD_SIZE", "SCORE_KINDS", "LabelMapStore", "class_dtype_for"]
-
-SCORE_KINDS = ("logits", "probabilities")
-_SCORE_DTYPES = ("float16", "float32")
-#: Samples per shard (one file) and per writer block.
-DEFAULT_SHARD_SIZE = 1024
-
-
-def class_dtype_for(num_classes: int) -> np.dtype:
-    """int16 while class indices fit in it, else int32."""
-    return np.dtype(np.int16) if num_classes <= np.iinfo(np.int16).max + 1 else np.dtype(np.int32)
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def _local_path(path: str) -> str:
-    return path[len("file://") :] if path.startswith("file://") else path
-
-
-def _keys_digest(keys: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for key in keys:
-        h.update(key.encode())
-        h.update(b"\n")
-    return h.hexdigest()
-
-
-def _open_tensorstores(ts: Any, root: str, *, write: bool) -> tuple[Any, Any]:
-    """The (scores, classes) arrays of the local store at ``root``, opened by tensorstore."""
-    return tuple(
-        ts.open(
-            {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{root}/{name}"}},
-            read=True,
-            write=write,
-        ).result()
-        for name in ("scores", "classes")
-    )
-
-
-def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None):
-    import zarr
-
-    kwargs: dict[str, Any] = {"mode": mode}
-    if storage_options:
-        kwargs["storage_options"] = dict(storage_options)
-    return zarr.open_group(path if _is_url(path) else _local_path(path), **kwargs)
+__all__ = ["LabelMapStore"]
 
 
 class LabelMapStore:
@@ -122,18 +85,18 @@ class LabelMapStore:
         import zarr
 
         path = str(path_or_url)
-        if not _is_url(path) and not (Path(_local_path(path)) / "zarr.json").is_file():
-            where = Path(_local_path(path))
+        if not is_url(path) and not (Path(local_path(path)) / "zarr.json").is_file():
+            where = Path(local_path(path))
             what = "does not exist" if not where.exists() else "has no zarr.json"
             raise StoreNotFoundError(
                 f"label map store {path!r} {what}; create one with `dali-relabel convert` "
                 "or `dali-relabel generate`"
             )
-        if not _is_url(path):
+        if not is_url(path):
             # Absolute from here on: a later chdir must not move the store.
-            path = str(Path(_local_path(path)).resolve())
+            path = str(Path(local_path(path)).resolve())
         try:
-            group = _open_group(path, "r", storage_options)
+            group = open_group(path, "r", storage_options)
         except (FileNotFoundError, zarr.errors.NodeTypeValidationError) as e:
             raise StoreNotFoundError(
                 f"no label map store at {path!r} ({e}); create one with `dali-relabel convert`"
@@ -182,6 +145,16 @@ class LabelMapStore:
         return np.dtype(self.attrs["score_dtype"])
 
     @property
+    def class_dtype(self) -> np.dtype:
+        return np.dtype(self.attrs["class_dtype"])
+
+    @property
+    def bytes_per_sample(self) -> int:
+        """Memory one sample's maps take in host or device memory (scores and classes)."""
+        cells = self.k * self.grid[0] * self.grid[1]
+        return cells * (self.score_dtype.itemsize + self.class_dtype.itemsize)
+
+    @property
     def class_names(self) -> tuple[str, ...] | None:
         """Class identifiers (e.g. WordNet ids) in index order, when the store records them."""
         names = self.attrs.get("class_names")
@@ -215,7 +188,7 @@ class LabelMapStore:
         try:
             return self._index_of()[key]
         except KeyError:
-            raise KeyError(
+            raise KeyNotFoundError(
                 f"label map store {self.path!r} has no key {key!r} (keys look like "
                 f"{self.keys[0]!r} if any)"
                 if len(self)
@@ -229,7 +202,7 @@ class LabelMapStore:
         out = np.fromiter((index_of.get(k, -1) for k in keys), np.int64, len(keys))
         missing = [keys[i] for i in np.flatnonzero(out < 0)]
         if missing:
-            raise KeyError(
+            raise KeyNotFoundError(
                 f"{len(missing):,} keys are not in label map store {self.path!r} "
                 f"(first: {', '.join(missing[:3])})"
             )
@@ -241,12 +214,12 @@ class LabelMapStore:
         return self._memory is not None
 
     def _tensorstores(self) -> tuple[Any, Any] | None:
-        if self._ts is None and not _is_url(self.path):
+        if self._ts is None and not is_url(self.path):
             try:
                 import tensorstore as ts
             except ImportError:
                 return None
-            self._ts = _open_tensorstores(ts, _local_path(self.path), write=False)
+            self._ts = open_tensorstores(ts, local_path(self.path), write=False)
         return self._ts
 
     def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -269,7 +242,7 @@ class LabelMapStore:
         n = len(self)
         shape = (n, self.k, *self.grid)
         scores = np.empty(shape, self.score_dtype)
-        classes = np.empty(shape, np.dtype(self.attrs["class_dtype"]))
+        classes = np.empty(shape, self.class_dtype)
         step = int(self.attrs.get("shard_size", DEFAULT_SHARD_SIZE)) * 8
         with tqdm(total=n, unit="maps", desc="loading label maps", disable=not progress) as bar:
             for start in range(0, n, step):
@@ -287,7 +260,7 @@ class LabelMapStore:
         """
         idx = np.asarray(indices)
         if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"indices must be a 1-D sequence of integers, got shape {idx.shape} "
                 f"dtype {idx.dtype}"
             )
@@ -295,14 +268,14 @@ class LabelMapStore:
         n = len(self)
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             bad = idx[(idx < 0) | (idx >= n)][0]
-            raise IndexError(f"sample index {bad} is out of range for a store of {n:,} samples")
+            raise SampleIndexError(
+                f"sample index {bad} is out of range for a store of {n:,} samples"
+            )
         if self._memory is not None:
             return self._memory[0][idx], self._memory[1][idx]
         if idx.size == 0:
             empty = (0, self.k, *self.grid)
-            return np.empty(empty, self.score_dtype), np.empty(
-                empty, np.dtype(self.attrs["class_dtype"])
-            )
+            return np.empty(empty, self.score_dtype), np.empty(empty, self.class_dtype)
         # Sorted unique reads are what chunked stores serve fastest.
         uniq, inverse = np.unique(idx, return_inverse=True)
         arrays = self._tensorstores()

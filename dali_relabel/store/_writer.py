@@ -1,4 +1,4 @@
-"""Writing label-map stores, resumably (the format is in docs/FORMAT.md).
+"""LabelMapWriter: writing label-map stores, resumably (the format is in docs/FORMAT.md).
 
 A writer creates every array first and the attributes with ``complete: false``, then
 writes block by block (one shard per block) and flags a block done only after its data
@@ -18,19 +18,21 @@ from typing import Any
 
 import numpy as np
 
-from dali_relabel.constants import STORE_FORMAT, STORE_FORMAT_VERSION
-from dali_relabel.errors import StoreIncompleteError, StoreMismatchError
-from dali_relabel.store import (
-    _SCORE_DTYPES,
-    DEFAULT_SHARD_SIZE,
-    SCORE_KINDS,
-    LabelMapStore,
-    _is_url,
-    _keys_digest,
-    _local_path,
-    _open_tensorstores,
-    class_dtype_for,
+from dali_relabel.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    StoreIncompleteError,
+    StoreMismatchError,
 )
+from dali_relabel.store._format import (
+    DEFAULT_SHARD_SIZE,
+    STORE_FORMAT,
+    attributes,
+    is_url,
+    local_path,
+    open_tensorstores,
+)
+from dali_relabel.store._reader import LabelMapStore
 
 __all__ = ["LabelMapWriter"]
 
@@ -87,32 +89,27 @@ class LabelMapWriter:
         from zarr.codecs import ZstdCodec
 
         path = str(path)
-        if _is_url(path):
-            raise ValueError(f"stores are written to local paths, got URL {path!r}")
-        path = str(Path(_local_path(path)).resolve())  # a later chdir must not move it
-        _check_params(num_classes, k, grid, score_dtype, score_kind, shard_size, class_names)
+        if is_url(path):
+            raise ArgumentError(f"stores are written to local paths, got URL {path!r}")
+        path = str(Path(local_path(path)).resolve())  # a later chdir must not move it
         keys = [str(key) for key in keys]
+        attrs = attributes(
+            keys,
+            num_classes=num_classes,
+            k=k,
+            grid=grid,
+            score_dtype=score_dtype,
+            score_kind=score_kind,
+            class_names=class_names,
+            provenance=provenance,
+            layout=layout,
+            shard_size=shard_size,
+        )
         if len(set(keys)) != len(keys):
             seen: set[str] = set()
             dup = next(key for key in keys if key in seen or seen.add(key))
-            raise ValueError(f"keys must be unique; {dup!r} appears more than once")
-        h, w = (int(v) for v in grid)
-        attrs = {
-            "format": STORE_FORMAT,
-            "format_version": STORE_FORMAT_VERSION,
-            "num_samples": len(keys),
-            "num_classes": int(num_classes),
-            "k": int(k),
-            "grid": [h, w],
-            "score_kind": score_kind,
-            "score_dtype": score_dtype,
-            "class_dtype": class_dtype_for(num_classes).name,
-            "layout": layout,
-            "shard_size": int(shard_size),
-            "keys_sha256": _keys_digest(keys),
-            "class_names": None if class_names is None else [str(c) for c in class_names],
-            "provenance": dict(provenance or {}),
-        }
+            raise ArgumentError(f"keys must be unique; {dup!r} appears more than once")
+        h, w = attrs["grid"]
         local = Path(path)
         if (local / "zarr.json").is_file():
             group = zarr.open_group(str(local), mode="r+")
@@ -192,7 +189,7 @@ class LabelMapWriter:
         if self._ts is None:
             import tensorstore as ts
 
-            self._ts = _open_tensorstores(ts, self.path, write=True)
+            self._ts = open_tensorstores(ts, self.path, write=True)
         return self._ts
 
     def write_block(self, start: int, scores: np.ndarray, classes: np.ndarray) -> None:
@@ -205,22 +202,22 @@ class LabelMapWriter:
         """
         starts = {s: e for s, e in self.blocks()}
         if start not in starts:
-            raise ValueError(
+            raise ArgumentError(
                 f"start={start} is not the start of a block of {self.block_size} samples"
             )
         n = starts[start] - start
         shape = (n, int(self.attrs["k"]), *self.attrs["grid"])
         for name, arr in (("scores", scores), ("classes", classes)):
             if tuple(arr.shape) != shape:
-                raise ValueError(
+                raise ArgumentError(
                     f"{name} of block {start} must have shape {shape}, got {arr.shape}"
                 )
         if not np.isfinite(scores).all():
-            raise ValueError(f"scores of block {start} hold NaN or inf")
+            raise ArgumentError(f"scores of block {start} hold NaN or inf")
         if classes.dtype.kind not in "iu":
-            raise TypeError(f"classes must be integers, got dtype {classes.dtype}")
+            raise ArgumentTypeError(f"classes must be integers, got dtype {classes.dtype}")
         if classes.size and (classes.min() < 0 or classes.max() >= int(self.attrs["num_classes"])):
-            raise ValueError(
+            raise ArgumentError(
                 f"classes of block {start} lie in [{classes.min()}, {classes.max()}], outside "
                 f"[0, {self.attrs['num_classes']})"
             )
@@ -248,30 +245,3 @@ class LabelMapWriter:
             )
         self._group.attrs["complete"] = True
         return LabelMapStore.open(self.path)
-
-
-def _check_params(
-    num_classes: int,
-    k: int,
-    grid: tuple[int, int],
-    score_dtype: str,
-    score_kind: str,
-    shard_size: int,
-    class_names: Sequence[str] | None,
-) -> None:
-    if int(num_classes) < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if not 1 <= int(k) <= int(num_classes):
-        raise ValueError(f"k must be in [1, num_classes={num_classes}], got {k}")
-    if len(tuple(grid)) != 2 or min(int(v) for v in grid) < 1:
-        raise ValueError(f"grid must be (H, W) with H, W >= 1, got {grid}")
-    if score_dtype not in _SCORE_DTYPES:
-        raise ValueError(f"score_dtype must be one of {_SCORE_DTYPES}, got {score_dtype!r}")
-    if score_kind not in SCORE_KINDS:
-        raise ValueError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}")
-    if int(shard_size) < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    if class_names is not None and len(class_names) != int(num_classes):
-        raise ValueError(
-            f"class_names must have num_classes={num_classes} entries, got {len(class_names)}"
-        )
