@@ -294,7 +294,7 @@ def _cli_info(args) -> int:
 
 
 def _cli_verify(args) -> int:
-    from dali_relabel.dataset import scan_image_folder
+    from dali_relabel.imagefolder import scan_image_folder
 
     store = LabelMapStore.open(args.store)
     images = {key for key, _ in scan_image_folder(args.images)}

@@ -172,7 +172,7 @@ def generate_label_maps(
     import torch
     from tqdm.auto import tqdm
 
-    from dali_relabel.dataset import scan_image_folder
+    from dali_relabel.imagefolder import scan_image_folder
     from dali_relabel.imagenet import imagenet_wnids
     from dali_relabel.store import LabelMapWriter, compact, find_compacted
 

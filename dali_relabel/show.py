@@ -58,7 +58,7 @@ def class_labels(store: LabelMapStore) -> list[str]:
 
 
 def _find_image(images: Path, key: str) -> Path:
-    from dali_relabel.dataset import IMG_EXTENSIONS
+    from dali_relabel.imagefolder import IMG_EXTENSIONS
 
     folder = (images / key).parent
     stem = Path(key).name

@@ -111,6 +111,35 @@ def _coded_loader(coded, **kwargs):
     return ReLabelLoader(coded / "train", coded / "maps.zarr", **args)
 
 
+class _Pipelines:
+    """Records the pipelines a loader builds (through its public build_pipeline), as
+    [epoch, DALI iterations scheduled] each: the first schedule_run fills the prefetch
+    queue, every later one schedules one more iteration."""
+
+    def __init__(self, loader, monkeypatch):
+        self.built: list[list[int]] = []
+        build = loader.build_pipeline
+
+        def recording(order, epoch=0, *, prefetch_queue_depth=2):
+            pipe = build(order, epoch, prefetch_queue_depth=prefetch_queue_depth)
+            entry = [epoch, 0]
+            self.built.append(entry)
+            schedule_run = pipe.schedule_run
+
+            def counted():
+                entry[1] += prefetch_queue_depth if entry[1] == 0 else 1
+                schedule_run()
+
+            pipe.schedule_run = counted
+            return pipe
+
+        monkeypatch.setattr(loader, "build_pipeline", recording)
+
+    @property
+    def epochs(self) -> list[int]:
+        return [epoch for epoch, _ in self.built]
+
+
 def test_two_epochs_cover_everything_in_new_orders(coded):
     loader = _coded_loader(coded)
     assert len(loader) == 4 and len(loader.sampler) == CODED_N
@@ -146,11 +175,13 @@ def test_set_epoch_after_a_pipeline_was_started_ahead(coded):
     assert ids_7 == _run(fresh)[0]
 
 
-def test_next_epoch_started_ahead_gives_a_fresh_loaders_batches(coded):
+def test_next_epoch_started_ahead_gives_a_fresh_loaders_batches(coded, monkeypatch):
     ahead = _coded_loader(coded, seed=3)
+    pipelines = _Pipelines(ahead, monkeypatch)
     _run(ahead)  # epoch 0
-    assert ahead._ahead_epoch is not None and ahead._ahead_epoch.epoch == 1
+    assert pipelines.epochs == [0, 1]  # epoch 1 started while epoch 0 ended
     ids, images = _run(ahead)  # epoch 1, from the pipeline started ahead
+    assert pipelines.epochs == [0, 1, 2]  # epoch 1 not built again
     fresh = _coded_loader(coded, seed=3)
     fresh.set_epoch(1)
     fresh_ids, fresh_images = _run(fresh)
@@ -163,16 +194,16 @@ def test_next_epoch_started_ahead_gives_a_fresh_loaders_batches(coded):
     ("batch_size", "kwargs"),
     [(CODED_N, {}), (16, {"drop_last": True}), (16, {}), (32, {"train": False})],
 )
-def test_short_epochs_run_no_batch_past_their_end(coded, batch_size, kwargs):
+def test_short_epochs_run_no_batch_past_their_end(coded, batch_size, kwargs, monkeypatch):
     """A pipeline prefetches its queue's depth at once: never more than the epoch holds."""
     loader = _coded_loader(coded, batch_size=batch_size, **kwargs)
-    for _ in range(2):
+    pipelines = _Pipelines(loader, monkeypatch)
+    for epoch in range(2):
         ids, outs = _run(loader)
         assert len(outs) == len(loader) and len(ids) == min(len(loader) * batch_size, CODED_N)
-        ahead = loader._ahead_epoch  # the next epoch's pipeline, started ahead
-        assert ahead is not None and ahead.total == len(loader)
-        # iterations DALI has run or queued that nobody has taken yet
-        assert ahead.pipe._batches_to_consume <= ahead.total
+        assert pipelines.epochs[-1] == epoch + 1  # the next epoch's pipeline, started ahead
+        # iterations DALI was asked to run, per pipeline: no more than an epoch's batches
+        assert all(scheduled <= len(loader) for _, scheduled in pipelines.built)
 
 
 def test_same_seed_and_epoch_same_batches(coded):
@@ -540,10 +571,10 @@ def test_trainer_adapters(sample_data, sample_store, tmp_path):
     )
     assert loader.train and loader.targets == "soft" and loader.crop_size == CROP
     val = create_loader(sample_data.train, sample_store, CROP, 16, crop_pct=0.5, num_workers=2)
-    assert val.targets == "hard" and val._resize_size == 2 * CROP
+    assert val.targets == "hard" and val.resize_size == 2 * CROP
     # timm's default crop_pct, with timm's floor: 300 / 0.875 = 342.9 -> 342
     val = create_loader(sample_data.train, sample_store, 300, 16, num_workers=2)
-    assert val._resize_size == 342
+    assert val.resize_size == 342
     with pytest.raises(ValueError, match="input_size must be square"):
         create_loader(sample_data.train, None, (3, CROP, 2 * CROP), 16)
 

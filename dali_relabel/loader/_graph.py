@@ -1,4 +1,4 @@
-"""The DALI graphs of the loader: RandomResizedCrop training and center-crop evaluation.
+"""The loader's DALI graphs: RandomResizedCrop training and center-crop evaluation.
 
 The training graph is torchvision's ``RandomResizedCrop`` + ``RandomHorizontalFlip``
 in DALI operators, split so that the crop window leaves the graph: ReLabel (Yun et al.,
@@ -12,7 +12,9 @@ and exports, per sample, the window (anchor and shape in pixels, HW order), the
 decoded image's shape and the mirror flag; :func:`train_boxes` turns them into
 normalized (x1, y1, x2, y2) boxes of the original image. The reader's label is the
 *sample index* (position in the file list the loader builds), the key on which
-labels and label maps are joined.
+labels and label maps are joined. :class:`LoaderGraph` is the graph of one loader: it
+builds an epoch's pipeline and reads a batch's outputs by name (never by position),
+turning the exported windows into boxes and mirror flags.
 
 Decoding runs on the GPU ("mixed") when a ``device_id`` is given and on the CPU
 otherwise. EXIF orientation is ignored, as Pillow (and so torchvision's ImageFolder and
@@ -22,21 +24,28 @@ must share one orientation.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from nvidia.dali import fn, pipeline_def, types
 
+from dali_relabel import _checks
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
+from dali_relabel.errors import ArgumentError
 
 __all__ = [
     "EVAL_OUTPUTS",
     "TRAIN_OUTPUTS",
+    "LoaderGraph",
     "build_eval_pipeline",
     "build_train_pipeline",
     "center_crop_boxes",
     "default_resize_size",
+    "sample_indices",
     "train_boxes",
 ]
 
@@ -56,18 +65,12 @@ _FILE_LIST_THRESHOLD = 20_000
 
 
 def _dali_dtype(dtype: str):
-    from nvidia.dali import types
-
     table = {"float32": types.FLOAT, "float16": types.FLOAT16}
-    if dtype not in table:
-        raise ValueError(f"dtype must be one of {sorted(table)}, got {dtype!r}")
-    return table[dtype]
+    return table[_checks.one_of("dtype", dtype, sorted(table))]
 
 
 def _reader(files: Sequence[str], labels: Sequence[int], file_root: str | None, list_dir):
     """fn.readers.file over ``files`` in the given order, label = sample index."""
-    from nvidia.dali import fn
-
     common = {
         "random_shuffle": False,  # the loader orders (and shards) the list per epoch
         "pad_last_batch": True,  # an epoch ends on a batch boundary; the loader trims the pad
@@ -85,8 +88,6 @@ def _reader(files: Sequence[str], labels: Sequence[int], file_root: str | None, 
 
 
 def _normalize(images, *, mirror, dtype: str, channels_last: bool, mean, std, crop=None):
-    from nvidia.dali import fn
-
     kwargs = {} if crop is None else {"crop": (crop, crop), "crop_pos_x": 0.5, "crop_pos_y": 0.5}
     return fn.crop_mirror_normalize(
         images,
@@ -101,16 +102,14 @@ def _normalize(images, *, mirror, dtype: str, channels_last: bool, mean, std, cr
 
 def _check_common(files, labels, batch_size: int, crop_size: int, num_threads: int) -> None:
     if len(files) == 0:
-        raise ValueError("files is empty; a DALI reader needs at least one file")
+        raise ArgumentError("files is empty; a DALI reader needs at least one file")
     if len(labels) != len(files):
-        raise ValueError(f"labels must have one entry per file ({len(files)}), got {len(labels)}")
-    for name, value in (
-        ("batch_size", batch_size),
-        ("crop_size", crop_size),
-        ("num_threads", num_threads),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise ArgumentError(
+            f"labels must have one entry per file ({len(files)}), got {len(labels)}"
+        )
+    _checks.positive_int("batch_size", batch_size)
+    _checks.positive_int("crop_size", crop_size)
+    _checks.positive_int("num_threads", num_threads)
 
 
 def _build(graph, *, batch_size, num_threads, device_id, seed, prefetch_queue_depth, **kwargs):
@@ -173,8 +172,6 @@ def build_train_pipeline(
         seed: seed of the crops and flips (same seed and files, same batches). Default: 0.
         prefetch_queue_depth: batches DALI computes ahead. Default: 2.
     """
-    from nvidia.dali import fn, pipeline_def, types
-
     _check_common(files, labels, batch_size, crop_size, num_threads)
     decoder = "cpu" if device_id is None else "mixed"
     extra = {} if device_id is None else _MIXED_DECODER_ARGS
@@ -245,12 +242,10 @@ def build_eval_pipeline(
         files, labels, batch_size, file_root, crop_size, mean, std, dtype, channels_last,
             device_id, num_threads, prefetch_queue_depth: as in :func:`build_train_pipeline`.
     """
-    from nvidia.dali import fn, pipeline_def, types
-
     _check_common(files, labels, batch_size, crop_size, num_threads)
     resize_size = default_resize_size(crop_size) if resize_size is None else int(resize_size)
     if resize_size < crop_size:
-        raise ValueError(f"resize_size ({resize_size}) must be >= crop_size ({crop_size})")
+        raise ArgumentError(f"resize_size ({resize_size}) must be >= crop_size ({crop_size})")
     decoder = "cpu" if device_id is None else "mixed"
     extra = {} if device_id is None else _MIXED_DECODER_ARGS
 
@@ -323,3 +318,87 @@ def center_crop_boxes(image_shapes: np.ndarray, crop_size: int, resize_size: int
     half = np.minimum(0.5 * crop_size / (hw * scale), 0.5)  # (h, w) half-extents, normalized
     boxes = np.stack([0.5 - half[:, 1], 0.5 - half[:, 0], 0.5 + half[:, 1], 0.5 + half[:, 0]], 1)
     return boxes.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoaderGraph:
+    """One loader's DALI graph: an epoch's pipeline, and a batch's outputs read by name.
+
+    Attributes:
+        files: sample paths relative to ``file_root``; position = sample index.
+        file_root: the image folder.
+        train: RandomResizedCrop + flip (:func:`build_train_pipeline`), else resize and
+            center crop (:func:`build_eval_pipeline`).
+        batch_size, crop_size, resize_size, mean, std, scale, ratio, dtype,
+        channels_last, device_id, num_threads: as in :func:`build_train_pipeline` and
+            :func:`build_eval_pipeline`.
+        seed, rank: crops and flips of epoch ``e`` are seeded by (seed, e, rank).
+    """
+
+    files: Sequence[str]
+    file_root: str
+    train: bool
+    batch_size: int
+    crop_size: int
+    resize_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    dtype: str
+    channels_last: bool
+    device_id: int | None
+    num_threads: int
+    seed: int
+    rank: int
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """What each pipeline output is, in order: :data:`TRAIN_OUTPUTS` or :data:`EVAL_OUTPUTS`."""
+        return TRAIN_OUTPUTS if self.train else EVAL_OUTPUTS
+
+    def build(self, order: np.ndarray, epoch: int, prefetch_queue_depth: int) -> Any:
+        """The built pipeline that reads the samples ``order`` (sample indices) once."""
+        files = [self.files[i] for i in order.tolist()]
+        common = {
+            "batch_size": self.batch_size,
+            "file_root": self.file_root,
+            "crop_size": self.crop_size,
+            "mean": self.mean,
+            "std": self.std,
+            "dtype": self.dtype,
+            "channels_last": self.channels_last,
+            "device_id": self.device_id,
+            "num_threads": self.num_threads,
+            "prefetch_queue_depth": prefetch_queue_depth,
+        }
+        if not self.train:
+            return build_eval_pipeline(files, order, resize_size=self.resize_size, **common)
+        seed = np.random.SeedSequence([self.seed, epoch, self.rank]).generate_state(1)
+        return build_train_pipeline(
+            files, order, scale=self.scale, ratio=self.ratio, seed=int(seed[0]), **common
+        )
+
+    def by_name(self, outputs: Sequence[Any]) -> dict[str, Any]:
+        """One iteration's outputs (DALI TensorLists) keyed by :attr:`output_names`."""
+        return dict(zip(self.output_names, outputs, strict=True))
+
+    def boxes(self, named: dict[str, Any], count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``count`` samples' crops: boxes float32 [count, 4] as normalized
+        (x1, y1, x2, y2) of the original images, and mirror flags bool [count]."""
+        if "anchors" in named:  # training: the exported random windows
+            boxes = train_boxes(
+                named["anchors"].as_array()[:count],
+                named["shapes"].as_array()[:count],
+                named["image_shapes"].as_array()[:count],
+            )
+            mirrors = named["mirrors"].as_array().reshape(-1)[:count].astype(bool)
+            return boxes, mirrors
+        shapes = named["image_shapes"].as_array()[:count]
+        boxes = center_crop_boxes(shapes, self.crop_size, self.resize_size)
+        return boxes, np.zeros(count, dtype=bool)
+
+
+def sample_indices(named: dict[str, Any], count: int) -> np.ndarray:
+    """The sample indices of a batch's first ``count`` samples (the reader's labels), int64."""
+    return np.asarray(named["indices"].as_array()).reshape(-1)[:count].astype(np.int64)

@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dali_relabel import pipeline
+import dali_relabel.loader._graph as graph_module
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD
+from dali_relabel.loader import (
+    build_eval_pipeline,
+    build_train_pipeline,
+    center_crop_boxes,
+    default_resize_size,
+    train_boxes,
+)
 
 SIZES = [(97, 203), (256, 128), (300, 300), (150, 420), (33, 40)]  # (H, W)
 _MEAN = np.array(IMAGENET_MEAN) * 255
@@ -41,10 +48,11 @@ def _rgb(images: np.ndarray) -> np.ndarray:
 
 def test_train_boxes_match_the_pixels(gradients, monkeypatch):
     root, files = gradients
-    # force the list-file path of the reader, the one ImageNet-sized lists take
-    monkeypatch.setattr(pipeline, "_FILE_LIST_THRESHOLD", 0)
+    # force the list-file path of the reader, the one ImageNet-sized lists take (a list of
+    # 20,000 files would make the test minutes long: the threshold is lowered instead)
+    monkeypatch.setattr(graph_module, "_FILE_LIST_THRESHOLD", 0)
     labels = [10 * i for i in range(len(files))]
-    pipe = pipeline.build_train_pipeline(
+    pipe = build_train_pipeline(
         files, labels, batch_size=len(files), file_root=root, crop_size=32, seed=1, num_threads=2
     )
     mirrored_seen = set()
@@ -55,7 +63,7 @@ def test_train_boxes_match_the_pixels(gradients, monkeypatch):
         assert indices.reshape(-1).tolist() == labels
         assert images.shape == (len(files), 3, 32, 32) and images.dtype == np.float32
         assert image_shapes[:, :2].tolist() == [list(s) for s in SIZES]
-        boxes = pipeline.train_boxes(anchors, shapes, image_shapes)
+        boxes = train_boxes(anchors, shapes, image_shapes)
         rgb = _rgb(images)
         for b, (x1, y1, x2, y2) in enumerate(boxes):
             assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
@@ -73,13 +81,13 @@ def test_train_boxes_match_the_pixels(gradients, monkeypatch):
 
 def test_eval_center_crop_boxes_match_the_pixels(gradients):
     root, files = gradients
-    pipe = pipeline.build_eval_pipeline(
+    pipe = build_eval_pipeline(
         [str(root / f) for f in files], list(range(len(files))), batch_size=2, crop_size=32
     )
     seen = 0
     for _ in range(3):  # the last batch is padded with the last file
         images, indices, image_shapes = (out.as_array() for out in pipe.run())
-        boxes = pipeline.center_crop_boxes(image_shapes, 32, pipeline.default_resize_size(32))
+        boxes = center_crop_boxes(image_shapes, 32, default_resize_size(32))
         rgb = _rgb(images)
         for b, (x1, y1, x2, y2) in enumerate(boxes):
             assert abs((x1 + x2) / 2 - 0.5) < 1e-6 and abs((y1 + y2) / 2 - 0.5) < 1e-6
@@ -92,24 +100,22 @@ def test_eval_center_crop_boxes_match_the_pixels(gradients):
 
 
 def test_box_helpers():
-    boxes = pipeline.train_boxes(
-        np.array([[10, 20]]), np.array([[50, 100]]), np.array([[100, 400, 3]])
-    )
+    boxes = train_boxes(np.array([[10, 20]]), np.array([[50, 100]]), np.array([[100, 400, 3]]))
     np.testing.assert_allclose(boxes, [[20 / 400, 10 / 100, 120 / 400, 60 / 100]])
     # 200 x 400 image, shorter side to 73, 64 crop: 64/73 of the height, 32/73 of the width
-    boxes = pipeline.center_crop_boxes(np.array([[200, 400, 3]]), 64, 73)
+    boxes = center_crop_boxes(np.array([[200, 400, 3]]), 64, 73)
     np.testing.assert_allclose(
         boxes, [[0.5 - 16 / 73, 0.5 - 32 / 73, 0.5 + 16 / 73, 0.5 + 32 / 73]]
     )
-    assert pipeline.default_resize_size(224) == 256
+    assert default_resize_size(224) == 256
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="files is empty"):
-        pipeline.build_train_pipeline([], [], batch_size=2)
+        build_train_pipeline([], [], batch_size=2)
     with pytest.raises(ValueError, match="labels must have one entry per file"):
-        pipeline.build_train_pipeline(["a.jpg"], [], batch_size=2)
+        build_train_pipeline(["a.jpg"], [], batch_size=2)
     with pytest.raises(ValueError, match="dtype must be one of"):
-        pipeline.build_train_pipeline(["a.jpg"], [0], batch_size=2, dtype="int8")
+        build_train_pipeline(["a.jpg"], [0], batch_size=2, dtype="int8")
     with pytest.raises(ValueError, match=r"resize_size \(10\) must be >= crop_size"):
-        pipeline.build_eval_pipeline(["a.jpg"], [0], batch_size=2, resize_size=10)
+        build_eval_pipeline(["a.jpg"], [0], batch_size=2, resize_size=10)

@@ -1,36 +1,29 @@
-"""The sample list of an ImageFolder tree: files, keys, class table, and bad-file checks.
+"""The sample list of an ImageFolder tree: files, keys, class indices, and bad-file checks.
 
 Follows ``torchvision.datasets.ImageFolder``: every folder directly under the root is a
-class, folders sorted by name give the class order, and the images inside a class folder
-(at any depth) are its samples, in sorted order. A sample's *key* is its path relative
-to the root without the extension (``n02124075/n02124075_3``), the key a label-map store
-records for it. The DALI loader reads the files in the order this list gives them and
-uses positions in it, the *sample indices*, to join images with labels and label maps;
-:class:`ShardSampler` says which sample indices one rank reads in one epoch, in which order.
+class, folders sorted by name give the class order (or a class table given as
+``class_names``), and the images inside a class folder (at any depth) are its samples,
+in sorted order. A sample's *key* is its path relative to the root without the
+extension (``n02124075/n02124075_3``), the key a label-map store records for it. The
+loader reads the files in the order this list gives them and uses positions in it, the
+*sample indices*, to join images with labels and label maps. Nothing here knows about
+label maps: the loader joins keys to store rows (:mod:`dali_relabel.loader`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
-
-from dali_relabel.errors import ImageDecodeError, StoreMismatchError
-
-if TYPE_CHECKING:
-    from dali_relabel.store import LabelMapStore
+from dali_relabel.errors import ArgumentError, ClassTableError, NotFoundError
 
 __all__ = [
     "IMG_EXTENSIONS",
     "ImageFolderList",
-    "ShardSampler",
     "check_image_file",
     "find_bad_images",
-    "resolve_shard",
     "scan_image_folder",
 ]
 
@@ -89,7 +82,7 @@ def scan_image_folder(
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a folder")
+        raise NotFoundError(f"image folder {str(root)!r} does not exist or is not a folder")
     exts = tuple(e.lower() for e in extensions)
     out = []
     for folder in _class_folders(root):
@@ -138,7 +131,6 @@ class ImageFolderList:
         cls,
         root: str | Path,
         *,
-        store: LabelMapStore | None = None,
         class_names: Sequence[str] | None = None,
         extensions: Sequence[str] = IMG_EXTENSIONS,
     ) -> ImageFolderList:
@@ -146,51 +138,40 @@ class ImageFolderList:
 
         Args:
             root: an ImageFolder tree (class folders directly under it).
-            store: the label-map store the labels must agree with: its class table (when
-                it records one) gives the class indices, else its ``num_classes`` must equal
-                the number of folders. Default: None.
             class_names: the class table of the labels; each folder's class index is its
-                position there. Default: None (the store's, else the sorted folder names,
-                as ImageFolder).
+                position there (a label-map store's ``class_names``). Default: None (the
+                sorted folder names, as ImageFolder).
             extensions: file name endings counted as images. Default: :data:`IMG_EXTENSIONS`.
         """
         root = Path(root)
-        if class_names is None and store is not None:
-            class_names = store.class_names
         found = scan_image_folder(root, extensions=extensions)
         folders = _class_folders(root)
         if not folders:
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"image folder {str(root)!r} has no class folders; root must be an ImageFolder "
                 "tree with one folder per class (e.g. imagenet/train/n01440764/*.JPEG)"
             )
         used = {key.split("/", 1)[0] for key, _ in found}
         empty = [f for f in folders if f not in used]
         if empty:
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"{len(empty):,} of {len(folders):,} class folders under {str(root)!r} hold no "
                 f"images with an extension in {tuple(extensions)} (first: {', '.join(empty[:3])})"
-            )
-        if store is not None and class_names is None and store.num_classes != len(folders):
-            raise StoreMismatchError(
-                f"label map store {store.path!r} has num_classes={store.num_classes} and no "
-                f"class table, but {str(root)!r} has {len(folders)} class folders; without "
-                "class_names in the store the folders (sorted) must be its classes one to one"
             )
         classes = list(folders) if class_names is None else list(class_names)
         class_to_idx = {name: i for i, name in enumerate(classes)}
         unknown = [f for f in folders if f not in class_to_idx]
         if unknown:
-            raise StoreMismatchError(
-                f"{len(unknown):,} class folders under {str(root)!r} are not in the label map "
-                f"store's class table of {len(classes):,} classes (first: "
-                f"{', '.join(unknown[:3])}; the table starts {', '.join(classes[:3])})"
+            raise ClassTableError(
+                f"{len(unknown):,} class folders under {str(root)!r} are not in the class table "
+                f"of {len(classes):,} classes (first: {', '.join(unknown[:3])}; the table "
+                f"starts {', '.join(classes[:3])})"
             )
         keys = [key for key, _ in found]
         if len(set(keys)) != len(keys):
             seen: set[str] = set()
             dupes = [k for k in keys if k in seen or seen.add(k)]
-            raise ValueError(
+            raise ArgumentError(
                 f"{len(dupes):,} images under {str(root)!r} share a path without extension with "
                 f"another image (first: {dupes[0]}); keys must be unique to join label maps"
             )
@@ -206,45 +187,6 @@ class ImageFolderList:
 
     def __getitem__(self, index: int) -> tuple[str, int]:
         return str(self.paths[index]), self.targets[index]
-
-    def store_rows(self, store: LabelMapStore) -> np.ndarray:
-        """The row of every sample's label map in ``store`` (int64, in sample order).
-
-        Raises StoreMismatchError naming the first images without a label map and their
-        count; label maps without an image are fine (a subset of the store's dataset).
-        """
-        known = set(store.keys)
-        missing = [k for k in self.keys if k not in known]
-        if missing:
-            raise StoreMismatchError(
-                f"label map store {store.path!r} has {len(store):,} keys but {len(self):,} "
-                f"images were found under {str(self.root)!r}: {len(missing):,} images have no "
-                f"label map (first: {', '.join(missing[:3])}). Run `dali-relabel verify "
-                f"{store.path} --images {self.root}` for the list."
-            )
-        return store.indices(self.keys)
-
-    def explain_failure(self, candidates: Sequence[int], message: str) -> ImageDecodeError | None:
-        """An error naming the undecodable files among samples ``candidates``, if any.
-
-        Args:
-            candidates: sample indices that a failed DALI batch may hold.
-            message: DALI's error message; it names the file for some failures only.
-        """
-        rel = self.relative_paths()
-        bad = [(i, "") for i in candidates if rel[i] in message]
-        if not bad:
-            bad = [(i, r) for i in candidates if (r := check_image_file(self.paths[i]))]
-        if not bad:
-            return None
-        i, reason = bad[0]
-        more = f" and {len(bad) - 1} more in the same batches" if len(bad) > 1 else ""
-        detail = reason or message.strip().splitlines()[-1]
-        return ImageDecodeError(
-            f"cannot decode image {self.paths[i]} ({detail}){more}. Remove or replace it, or "
-            "pass on_bad_image='skip' to check every file at construction and leave out the "
-            "ones that fail"
-        )
 
     def relative_paths(self) -> list[str]:
         """Sample paths relative to :attr:`root`, with ``/``."""
@@ -267,101 +209,6 @@ class ImageFolderList:
             f"ImageFolderList({str(self.root)!r}, samples={len(self)}, "
             f"folders={len(self.folders)}, classes={len(self.classes)})"
         )
-
-
-class ShardSampler:
-    """The sample indices one rank reads in one epoch, with DistributedSampler's contract.
-
-    Epoch ``e`` permutes all samples with ``seed`` and ``e`` (the same on every rank),
-    and rank ``r`` takes every ``world_size``-th index from position ``r``. With
-    ``even=True`` (training) every rank gets the same count, as DistributedSampler
-    gives: the permutation is padded by repeating its start (at most ``world_size - 1``
-    samples, so that ranks step in lockstep under DDP) or, with ``drop_last``, cut to a
-    multiple of ``world_size``. With ``even=False`` (evaluation) the shards are disjoint
-    and cover every sample exactly once; their sizes differ by at most one.
-
-    Args:
-        num_samples: samples in the dataset.
-        shuffle: permute per epoch; False keeps sample order.
-        seed: seed of the permutations.
-        rank: this process's shard, in [0, world_size).
-        world_size: number of shards.
-        drop_last: with ``even``, cut instead of pad.
-        even: equal shard sizes (see above).
-    """
-
-    def __init__(
-        self,
-        num_samples: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        rank: int,
-        world_size: int,
-        drop_last: bool,
-        even: bool,
-    ) -> None:
-        self.num_samples = num_samples
-        self.shuffle = shuffle
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.drop_last = drop_last
-        self.even = even
-        #: The epoch the next iteration of the loader runs.
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration run epoch ``epoch`` (its order depends on seed and epoch)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self.epoch = int(epoch)
-
-    def indices(self, epoch: int | None = None) -> np.ndarray:
-        """This rank's sample indices of ``epoch`` (default: :attr:`epoch`), int64."""
-        epoch = self.epoch if epoch is None else epoch
-        n, w = self.num_samples, self.world_size
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(n)
-        else:
-            order = np.arange(n, dtype=np.int64)
-        if self.even and w > 1:
-            total = (n // w) * w if self.drop_last else -(-n // w) * w
-            order = np.resize(order, total)  # cut, or pad by repeating from the start
-        return order[self.rank :: w].astype(np.int64)
-
-    def __len__(self) -> int:
-        n, w = self.num_samples, self.world_size
-        if self.even and w > 1:
-            return n // w if self.drop_last else -(-n // w)
-        return len(range(self.rank, n, w))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices().tolist())
-
-
-def resolve_shard(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """(rank, world_size), each defaulting to torch.distributed's when it is initialized.
-
-    Args:
-        rank: this process's shard, or None (torch.distributed's rank, else 0).
-        world_size: number of shards, or None (torch.distributed's world size, else 1).
-    """
-    import torch.distributed as dist
-
-    initialized = dist.is_available() and dist.is_initialized()
-    if world_size is None:
-        world_size = dist.get_world_size() if initialized else 1
-    if rank is None:
-        rank = dist.get_rank() if initialized else 0
-    for name, value in (("rank", rank), ("world_size", world_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name} must be an int, got {value!r}")
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-    return int(rank), int(world_size)
 
 
 def check_image_file(path: str | Path, *, full: bool = False) -> str | None:

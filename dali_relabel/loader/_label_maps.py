@@ -1,11 +1,14 @@
-"""The label maps of a loader's samples: where they live and the gather by sample index.
+"""The label-map side of the loader: the store behind one door.
 
 :class:`~dali_relabel.loader.ReLabelLoader` joins each sample with its label map by the
-sample index DALI returns. This module holds the label-map side of that join: it places
-the maps of the dataset's samples in host memory, in GPU memory, or leaves them in the
-store (``label_map_memory``), gathers a batch's maps by sample index, and, when they stay
-in the store, reads an epoch's batches a few ahead on a thread. docs/LOADER.md ("Where
-the maps live") describes the choices and their costs.
+sample index DALI returns. This module holds everything of that join that knows the
+store: opening it, listing the image folder in the store's class space
+(:func:`scan_in_store_classes`), the store row of every sample (:func:`store_rows`,
+joined by key), and :class:`LabelMaps`, which places the maps of the dataset's samples
+in host memory, in GPU memory, or leaves them in the store (``label_map_memory``),
+gathers a batch's maps by sample index and, when they stay in the store, reads an
+epoch's batches a few ahead on a thread. docs/LOADER.md ("Where the maps live")
+describes the choices and their costs.
 """
 
 from __future__ import annotations
@@ -14,13 +17,23 @@ import collections
 import concurrent.futures as cf
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from dali_relabel.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    ClassTableError,
+    StoreMismatchError,
+)
+from dali_relabel.imagefolder import ImageFolderList
 from dali_relabel.store import LabelMapStore
+
+__all__ = ["MEMORY", "LabelMaps", "open_store", "scan_in_store_classes", "store_rows"]
 
 #: What ``label_map_memory=`` accepts; see :class:`~dali_relabel.loader.ReLabelLoader`.
 MEMORY = ("auto", "host", "device", "stream")
@@ -51,11 +64,11 @@ class LabelMaps:
         *,
         progress: bool,
     ) -> None:
-        nbytes = len(rows) * store.k * store.grid[0] * store.grid[1] * 4
         if memory == "auto":
+            nbytes = len(rows) * store.bytes_per_sample  # the store's own dtypes
             memory = _auto_memory(nbytes, device, store.in_memory)
         if memory == "device" and device.type != "cuda":
-            raise ValueError(f"label_map_memory='device' needs a CUDA device, got {device}")
+            raise ArgumentError(f"label_map_memory='device' needs a CUDA device, got {device}")
         #: Where the maps are: "host", "device" or "stream" (read from the store per batch).
         self.memory = memory
         self._store = store
@@ -174,3 +187,60 @@ def _auto_memory(nbytes: int, device: torch.device, in_memory: bool) -> str:
         stacklevel=4,  # the caller of ReLabelLoader(...), through LabelMaps.__init__
     )
     return "stream"
+
+
+# -- the store, the folder and the join by key ----------------------------------------
+def open_store(label_maps: Any) -> LabelMapStore | None:
+    """The store that ``label_maps`` names: a path, a URL, an open store, or None."""
+    if label_maps is None or isinstance(label_maps, LabelMapStore):
+        return label_maps
+    if isinstance(label_maps, (str, os.PathLike)):
+        return LabelMapStore.open(label_maps)
+    raise ArgumentTypeError(
+        f"label_maps must be a store path, URL or LabelMapStore, got {type(label_maps).__name__}"
+    )
+
+
+def scan_in_store_classes(root: str | os.PathLike, store: LabelMapStore | None) -> ImageFolderList:
+    """The samples under ``root``, class indices in the store's class space.
+
+    With a class table in the store (ImageNet's WordNet ids), a folder's class index is
+    its position there; without one, the sorted folders must be the store's classes one
+    to one. Raises StoreMismatchError otherwise.
+    """
+    if store is None:
+        return ImageFolderList.scan(root)
+    try:
+        dataset = ImageFolderList.scan(root, class_names=store.class_names)
+    except ClassTableError as e:
+        raise StoreMismatchError(f"{e}: label map store {store.path!r} names other classes") from e
+    if store.class_names is None and store.num_classes != len(dataset.folders):
+        raise StoreMismatchError(
+            f"label map store {store.path!r} has num_classes={store.num_classes} and no "
+            f"class table, but {str(root)!r} has {len(dataset.folders)} class folders; without "
+            "class_names in the store the folders (sorted) must be its classes one to one"
+        )
+    return dataset
+
+
+def store_rows(store: LabelMapStore, keys: Sequence[str], root: str | Path) -> np.ndarray:
+    """The store row of every sample's label map (int64, in the order of ``keys``).
+
+    Raises StoreMismatchError naming the first images without a label map and their
+    count; label maps without an image are fine (a subset of the store's dataset).
+
+    Args:
+        store: the label-map store.
+        keys: the samples' keys (:attr:`ImageFolderList.keys`).
+        root: the image folder, for the message.
+    """
+    known = set(store.keys)
+    missing = [k for k in keys if k not in known]
+    if missing:
+        raise StoreMismatchError(
+            f"label map store {store.path!r} has {len(store):,} keys but {len(keys):,} "
+            f"images were found under {str(root)!r}: {len(missing):,} images have no "
+            f"label map (first: {', '.join(missing[:3])}). Run `dali-relabel verify "
+            f"{store.path} --images {root}` for the list."
+        )
+    return store.indices(keys)

@@ -1,0 +1,165 @@
+"""One DALI iteration -> one batch: images, and targets joined by sample index.
+
+Every batch carries the sample indices of its images (the reader's labels, see
+:mod:`dali_relabel.loader._graph`). The targets are looked up by them: class labels in
+a tensor on the device, label maps through :class:`~dali_relabel.loader._label_maps.LabelMaps`
+(one gather), pooled over each image's crop box by
+:func:`~dali_relabel.ops.label_pooling.relabel_targets` on the images' device. The
+images reach torch through DLPack without a copy. docs/LOADER.md ("The join", "Keeping
+the per-batch cost near zero").
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from typing import Any
+
+import numpy as np
+import torch
+
+from dali_relabel.loader._graph import LoaderGraph, sample_indices
+from dali_relabel.loader._label_maps import LabelMaps
+from dali_relabel.ops.label_pooling import relabel_targets
+
+__all__ = ["BatchAssembler"]
+
+
+class BatchAssembler:
+    """Makes the loader's batches from DALI outputs: ``assembler(outputs, expected, ...)``.
+
+    Args:
+        graph: the graph whose outputs arrive (read by name, boxes from its crops).
+        targets: the loader's ``targets`` ("soft", "hard", "both" or "local").
+        device: where batches live.
+        dtype: image dtype (float32, float16 or bfloat16).
+        channels_last: images in channels_last memory format.
+        labels: class index of every sample, int64 Tensor[N] on ``device``.
+        label_maps: the samples' label maps; None for hard targets.
+        num_classes: classes of the soft targets.
+        local_size: (h, w) of "local" targets.
+        temperature: divides pooled scores before the softmax.
+    """
+
+    def __init__(
+        self,
+        graph: LoaderGraph,
+        *,
+        targets: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        channels_last: bool,
+        labels: torch.Tensor,
+        label_maps: LabelMaps | None,
+        num_classes: int,
+        local_size: tuple[int, int],
+        temperature: float,
+    ) -> None:
+        self._graph = graph
+        self._targets = targets
+        self._device = device
+        self._dtype = dtype
+        self._channels_last = channels_last
+        self._labels = labels
+        self._label_maps = label_maps
+        self._num_classes = num_classes
+        self._local_size = local_size
+        self._temperature = temperature
+        self._pooler: cf.ThreadPoolExecutor | None = None
+        if targets != "hard" and device.type == "cpu":
+            # Pooling's small ops, parallelized over OpenMP threads that DALI's threads
+            # keep busy, wait for each other (two orders of magnitude slower per batch).
+            # One thread of its own (the thread count is per calling thread) avoids it.
+            self._pooler = cf.ThreadPoolExecutor(
+                1,
+                thread_name_prefix="dali_relabel_pool",
+                initializer=torch.set_num_threads,
+                initargs=(1,),
+            )
+
+    def __call__(
+        self, outputs: Any, expected: np.ndarray, maps: Any, exec_dynamic: bool
+    ) -> tuple[torch.Tensor, ...]:
+        """The batch of one iteration.
+
+        Args:
+            outputs: the pipeline's outputs of one iteration.
+            expected: the sample indices this batch must hold, in order (its length is
+                the batch's size: the padding of an epoch's last batch is cut off).
+            maps: the batch's (scores, classes), read ahead; None to gather them here.
+            exec_dynamic: DALI's dynamic executor made the outputs (own buffers per
+                iteration: images can be handed over without a copy).
+        """
+        named = self._graph.by_name(outputs)
+        count = len(expected)
+        indices = sample_indices(named, count)
+        if not np.array_equal(indices, expected):
+            # The join below uses the indices DALI read, so targets stay right; the epoch's
+            # coverage would not, hence an error rather than a silent fix.
+            raise RuntimeError(
+                "DALI read the samples in another order than the loader's file list "
+                f"(first expected {expected[:4].tolist()}, got {indices[:4].tolist()}); "
+                "please report this"
+            )
+        images = self._images(named["images"], exec_dynamic)[:count]
+        if self._targets == "hard":
+            return images, self._labels[self._to_device(indices)]
+        boxes, mirrors = self._graph.boxes(named, count)
+        if self._pooler is None:
+            soft = self._soft_targets(indices, boxes, mirrors, maps)
+        else:
+            soft = self._pooler.submit(self._soft_targets, indices, boxes, mirrors, maps).result()
+        if self._targets == "both":
+            return images, soft, self._labels[self._to_device(indices)]
+        return images, soft
+
+    def close(self) -> None:
+        """Stop the pooling thread (CPU)."""
+        if self._pooler is not None:
+            self._pooler.shutdown(wait=False)
+
+    # -- targets ----------------------------------------------------------------------
+    def _soft_targets(
+        self, indices: np.ndarray, boxes: np.ndarray, mirrors: np.ndarray, maps: Any
+    ) -> torch.Tensor:
+        scores, classes = maps if maps is not None else self._label_maps.gather(indices)
+        scores, classes = self._to_device(scores), self._to_device(classes)
+        local = self._targets == "local"
+        return relabel_targets(
+            scores,
+            classes,
+            self._to_device(boxes),
+            self._num_classes,
+            output_size=self._local_size if local else 1,
+            flip=self._to_device(mirrors) if local else None,
+            temperature=self._temperature,
+            validate=self._device.type == "cpu",  # a host sync on CUDA; boxes are ours
+        )
+
+    def _to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
+        # A blocking host-to-device copy synchronizes the stream: the loader would wait for
+        # the trainer's queued GPU work on every batch. From pageable memory, CUDA stages
+        # the bytes before the call returns, so the source may go right after.
+        return tensor.to(self._device, non_blocking=True)
+
+    # -- images -----------------------------------------------------------------------
+    def _images(self, tensor_list: Any, exec_dynamic: bool) -> torch.Tensor:
+        if exec_dynamic:
+            # DALI's dynamic executor gives every iteration buffers of its own, kept alive
+            # by the DLPack reference: zero-copy and still a fresh tensor per batch (as
+            # DALI's own PyTorch iterator does), where a copy costs milliseconds per batch.
+            with torch.device(self._device):
+                out = torch.from_dlpack(tensor_list.as_tensor())
+        elif self._device.type == "cuda":
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+
+            dtype = torch.float16 if self._dtype == torch.float16 else torch.float32
+            out = torch.empty(tensor_list.as_tensor().shape(), dtype=dtype, device=self._device)
+            feed_ndarray(tensor_list, out, cuda_stream=torch.cuda.current_stream(self._device))
+        else:
+            out = torch.from_numpy(tensor_list.as_array())  # as_array copies: a fresh tensor
+        if self._dtype == torch.bfloat16:
+            out = out.to(torch.bfloat16)
+        if self._channels_last:
+            out = out.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels_last strides
+        return out

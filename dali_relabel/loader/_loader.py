@@ -1,0 +1,390 @@
+"""ReLabelLoader: a DALI ImageNet loader that yields ReLabel targets, used like a DataLoader.
+
+ReLabel (Yun et al., CVPR 2021) trains on each image's label map pooled over the image's
+random crop. This module is the loader's surface: its options, checked at construction,
+and DataLoader's interface (``len``, ``iter``, ``set_epoch``, ``sampler``, ``dataset``).
+The work is behind it, one concept per module, data flowing one way:
+
+- :mod:`~dali_relabel.imagefolder` lists the samples; :mod:`._sampler` orders and
+  shards them per epoch;
+- :mod:`._graph` is the DALI graph, which exports every crop window and reads each
+  file's *sample index* as its label;
+- :mod:`._epoch` runs one pipeline per epoch (and starts the next one ahead);
+- :mod:`._batch` joins each batch with its labels and label maps by sample index, so no
+  shuffle, shard or padding can pair an image with another image's map, and pools them;
+- :mod:`._label_maps` is the only door to the store: placement of the maps
+  (``label_map_memory``), the gather, the read-ahead.
+
+docs/LOADER.md describes the semantics and the design.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from dali_relabel import _checks
+from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
+from dali_relabel.errors import ArgumentError, ImageDecodeError
+from dali_relabel.imagefolder import find_bad_images
+from dali_relabel.loader._batch import BatchAssembler
+from dali_relabel.loader._epoch import PREFETCH_DEPTH, Epoch, Epochs
+from dali_relabel.loader._graph import LoaderGraph, default_resize_size
+from dali_relabel.loader._label_maps import (
+    MEMORY,
+    LabelMaps,
+    open_store,
+    scan_in_store_classes,
+    store_rows,
+)
+from dali_relabel.loader._sampler import ShardSampler, resolve_shard
+from dali_relabel.store import LabelMapStore
+
+__all__ = ["BAD_IMAGE", "TARGETS", "ReLabelLoader"]
+
+#: What ``targets=`` accepts; see :class:`ReLabelLoader`.
+TARGETS = ("soft", "hard", "both", "local")
+#: What ``on_bad_image=`` accepts.
+BAD_IMAGE = ("raise", "skip")
+# image dtype -> what DALI computes in (bfloat16 is converted from float32 in torch)
+_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "float32"}
+
+
+class ReLabelLoader:
+    """DALI loader of an ImageFolder tree yielding ReLabel targets; a drop-in DataLoader.
+
+    Each ``iter(loader)`` runs one epoch, the next one unless :meth:`set_epoch` chose it,
+    and yields fresh tensors on ``device``:
+
+    - ``targets="soft"``: ``(images, soft)``, soft Tensor[B, C] float32, rows summing to 1:
+      the sample's label map pooled over its crop (ReLabel's LabelPooling).
+    - ``"hard"``: ``(images, labels)``, labels Tensor[B] int64.
+    - ``"both"``: ``(images, soft, labels)``.
+    - ``"local"``: ``(images, local)``, Tensor[B, C, h, w] float32 of ``local_size``, a
+      distribution per cell, mirrored with the image.
+
+    Images are Tensor[B, 3, S, S] (S = ``crop_size``) normalized with ``mean``/``std``.
+    Class indices are positions in ``dataset.classes``: the store's class table when it
+    records one (folder n01440764 gets ImageNet index 0 whatever folders exist), else the
+    sorted folder names as ImageFolder gives them.
+
+    Args:
+        root: ImageFolder tree, class folders directly under it (e.g. ``imagenet/train``).
+        label_maps: label-map store (path, URL or open :class:`LabelMapStore`), or None
+            for hard targets only.
+        batch_size: samples per batch (the last batch of an epoch may be smaller).
+            Default: 256.
+        train: RandomResizedCrop + flip, shuffled; False: resize, center crop, sample
+            order. Default: True.
+        targets: one of :data:`TARGETS`. Default: None ("soft" for training with label
+            maps, else "hard").
+        crop_size: side S of the output images. Default: 224.
+        seed: seed of the order, crops and flips; same seed and epoch, same batches.
+            Default: 0.
+        rank: this process's shard. Default: None (torch.distributed's rank when it is
+            initialized, else 0).
+        world_size: number of shards. Default: None (torch.distributed's, else 1).
+        drop_last: drop each epoch's last, smaller batch (training only). Default: None
+            (False, as DataLoader).
+        device: where batches and pooling live. Default: None (the current CUDA device
+            when there is one, else the CPU; on the CPU every DALI operator runs on it).
+        num_threads: DALI CPU threads. Default: None (CPU cores / LOCAL_WORLD_SIZE).
+        dtype: image dtype, torch.float32, torch.float16 or torch.bfloat16.
+            Default: torch.float32.
+        memory_format: torch.contiguous_format or torch.channels_last.
+            Default: torch.contiguous_format.
+        shuffle: permute the samples each epoch. Default: None (= ``train``).
+        mean: channel means on the 0-1 scale. Default: ImageNet's.
+        std: channel standard deviations on the 0-1 scale. Default: ImageNet's.
+        scale: RandomResizedCrop area range. Default: (0.08, 1.0).
+        ratio: RandomResizedCrop aspect-ratio range. Default: (3/4, 4/3).
+        resize_size: evaluation's shorter side before the center crop. Default: None
+            (``round(crop_size / 0.875)``, 256 for 224).
+        local_size: (h, w) of ``"local"`` targets. Default: None (``crop_size // 32`` per
+            side, the final feature map of ResNet-like backbones: 7x7 at 224).
+        temperature: divides pooled scores before the softmax. Default: 1.0.
+        label_map_memory: "host" (the dataset's maps in host memory), "device" (on the
+            CUDA device), "stream" (read from the store per batch, read-ahead in a
+            thread) or "auto" (device if they take under a quarter of its free memory,
+            else host if under half of the available memory, else stream).
+            Default: "auto".
+        on_bad_image: "raise" stops at the first undecodable file with an error naming
+            it; "skip" checks every file at construction (signature bytes, JPEG end
+            marker, Pillow) and leaves out those that fail, listed in
+            :attr:`skipped_images`, with a warning. Default: "raise".
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        label_maps: str | os.PathLike | LabelMapStore | None,
+        batch_size: int = 256,
+        *,
+        train: bool = True,
+        targets: str | None = None,
+        crop_size: int = 224,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool | None = None,
+        device: torch.device | str | None = None,
+        num_threads: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        shuffle: bool | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        scale: tuple[float, float] = RRC_SCALE,
+        ratio: tuple[float, float] = RRC_RATIO,
+        resize_size: int | None = None,
+        local_size: int | tuple[int, int] | None = None,
+        temperature: float = 1.0,
+        label_map_memory: str = "auto",
+        on_bad_image: str = "raise",
+    ) -> None:
+        _checks.positive_int("batch_size", batch_size)
+        _checks.positive_int("crop_size", crop_size)
+        if resize_size is not None:
+            _checks.positive_int("resize_size", resize_size)
+            if not train and resize_size < crop_size:
+                raise ArgumentError(
+                    f"resize_size={resize_size} is smaller than crop_size={crop_size}: "
+                    "evaluation resizes the shorter side to resize_size, then crops "
+                    "crop_size; pass resize_size >= crop_size, or None for "
+                    "round(crop_size / 0.875)"
+                )
+        _checks.positive_number("temperature", temperature)
+        _check_channels("mean", mean, positive=False)
+        _check_channels("std", std, positive=True)
+        if targets is None:
+            targets = "soft" if train and label_maps is not None else "hard"
+        _checks.one_of("targets", targets, TARGETS)
+        _checks.one_of("label_map_memory", label_map_memory, MEMORY)
+        _checks.one_of("on_bad_image", on_bad_image, BAD_IMAGE)
+        _checks.one_of("dtype", dtype, tuple(_DTYPES))
+        _checks.one_of(
+            "memory_format", memory_format, (torch.contiguous_format, torch.channels_last)
+        )
+        if drop_last and not train:
+            raise ArgumentError(
+                "drop_last=True drops evaluation samples; an evaluation loader (train=False) "
+                "always yields every sample once"
+            )
+        if targets != "hard" and label_maps is None:
+            raise ArgumentError(
+                f"targets={targets!r} needs label maps; pass label_maps=<store path> or "
+                "targets='hard'"
+            )
+        self.train = bool(train)
+        self.targets = targets
+        self.batch_size = int(batch_size)
+        self.crop_size = int(crop_size)
+        #: Evaluation's shorter side before the center crop.
+        self.resize_size = (
+            default_resize_size(self.crop_size) if resize_size is None else int(resize_size)
+        )
+        self.drop_last = bool(drop_last) and self.train
+        self.device = _resolve_device(device)
+        self.dtype = dtype
+        self.memory_format = memory_format
+        self.temperature = float(temperature)
+        self.num_threads = _checks.positive_int(
+            "num_threads", _default_threads() if num_threads is None else num_threads
+        )
+        self.local_size = _local_size(local_size, self.crop_size)
+        self.seed = int(seed)
+        rank, world_size = resolve_shard(rank, world_size)
+
+        self.store = open_store(label_maps)
+        self.dataset = scan_in_store_classes(root, self.store)
+        self.skipped_images: list[tuple[str, str]] = []
+        if on_bad_image == "skip":
+            self._skip_bad_images()
+        self.num_classes = (
+            self.store.num_classes if self.store is not None else len(self.dataset.classes)
+        )
+        self.label_map_memory: str | None = None
+        maps = None
+        if self.targets != "hard":
+            maps = LabelMaps(
+                self.store,
+                store_rows(self.store, self.dataset.keys, self.dataset.root),
+                self.device,
+                label_map_memory,
+                progress=rank == 0,
+            )
+            self.label_map_memory = maps.memory
+        self.sampler = ShardSampler(
+            len(self.dataset),
+            shuffle=self.train if shuffle is None else bool(shuffle),
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            drop_last=self.drop_last,
+            even=self.train,
+        )
+        self._graph = LoaderGraph(
+            files=self.dataset.relative_paths(),
+            file_root=os.path.abspath(self.dataset.root),
+            train=self.train,
+            batch_size=self.batch_size,
+            crop_size=self.crop_size,
+            resize_size=self.resize_size,
+            mean=tuple(mean),
+            std=tuple(std),
+            scale=tuple(scale),
+            ratio=tuple(ratio),
+            dtype=_DTYPES[dtype],
+            channels_last=memory_format == torch.channels_last,
+            device_id=self.device.index if self.device.type == "cuda" else None,
+            num_threads=self.num_threads,
+            seed=self.seed,
+            rank=rank,
+        )
+        self._assemble = BatchAssembler(
+            self._graph,
+            targets=self.targets,
+            device=self.device,
+            dtype=dtype,
+            channels_last=memory_format == torch.channels_last,
+            labels=torch.as_tensor(self.dataset.targets, dtype=torch.int64).to(self.device),
+            label_maps=maps,
+            num_classes=self.num_classes,
+            local_size=self.local_size,
+            temperature=self.temperature,
+        )
+        self._epochs = Epochs(
+            self.sampler,
+            # looked up per epoch: a subclass or a wrapper of build_pipeline is what runs
+            build=lambda order, epoch, depth: self.build_pipeline(
+                order, epoch, prefetch_queue_depth=depth
+            ),
+            assemble=self._assemble,
+            label_maps=maps,
+            dataset=self.dataset,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            seeded=self.train,
+        )
+
+    def _skip_bad_images(self) -> None:
+        bad = find_bad_images(self.dataset.paths)
+        if not bad:
+            return
+        self.skipped_images = [(str(self.dataset.paths[i]), reason) for i, reason in bad]
+        drop = {i for i, _ in bad}
+        total = len(self.dataset)
+        self.dataset = self.dataset.subset(i for i in range(total) if i not in drop)
+        first, reason = self.skipped_images[0]
+        warnings.warn(
+            f"on_bad_image='skip': left out {len(bad):,} of {total:,} images that cannot be "
+            f"decoded (first: {first} {reason}); the list is in loader.skipped_images",
+            stacklevel=3,
+        )
+        if not len(self.dataset):
+            raise ImageDecodeError(
+                f"none of the {total:,} images under {str(self.dataset.root)!r} can be decoded "
+                f"(first: {first} {reason}); root must hold images that DALI can decode"
+            )
+
+    # -- DataLoader surface ------------------------------------------------------------
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch."""
+        return self._epochs.num_batches(len(self.sampler))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Run epoch ``epoch`` next (same as ``loader.sampler.set_epoch(epoch)``)."""
+        self.sampler.set_epoch(epoch)
+
+    def reset(self) -> None:
+        """Does nothing: every ``iter(loader)`` starts a new epoch (DALI iterators need it)."""
+
+    def __iter__(self) -> Epoch:
+        epoch = self.sampler.epoch
+        self.sampler.epoch = epoch + 1
+        return self._epochs.run(epoch)
+
+    def build_pipeline(
+        self, order: np.ndarray, epoch: int = 0, *, prefetch_queue_depth: int = PREFETCH_DEPTH
+    ) -> Any:
+        """The built DALI pipeline that reads the samples ``order`` (sample indices) once.
+
+        Every epoch's pipeline is built here. This is the loader's own graph, outputs
+        :data:`~dali_relabel.loader.TRAIN_OUTPUTS` (training) or
+        :data:`~dali_relabel.loader.EVAL_OUTPUTS`; the benchmark runs it bare to measure
+        what the targets cost. Crops and flips are seeded by (seed, epoch, rank).
+
+        Args:
+            order: sample indices in reading order.
+            epoch: the epoch whose crops and flips to draw. Default: 0.
+            prefetch_queue_depth: batches DALI computes ahead. Default: 2.
+        """
+        return self._graph.build(order, epoch, prefetch_queue_depth)
+
+    def __del__(self) -> None:
+        assemble = getattr(self, "_assemble", None)
+        if assemble is not None:
+            assemble.close()
+
+    def __repr__(self) -> str:
+        s = self.sampler
+        return (
+            f"ReLabelLoader({str(self.dataset.root)!r}, samples={len(self.dataset)}, "
+            f"batch_size={self.batch_size}, train={self.train}, targets={self.targets!r}, "
+            f"crop_size={self.crop_size}, device={self.device}, rank={s.rank}/{s.world_size}, "
+            f"label_map_memory={self.label_map_memory!r})"
+        )
+
+
+# -- option helpers -----------------------------------------------------------------------
+def _check_channels(name: str, values: Any, *, positive: bool) -> None:
+    try:
+        floats = [float(v) for v in values]
+    except (TypeError, ValueError):
+        floats = []
+    if len(floats) != 3 or (positive and min(floats) <= 0):
+        what = "three numbers > 0" if positive else "three numbers"
+        raise ArgumentError(
+            f"{name} must be {what} (R, G, B on the 0-1 scale, e.g. ImageNet's "
+            f"{IMAGENET_MEAN if name == 'mean' else IMAGENET_STD}), got {values!r}"
+        )
+
+
+def _local_size(size: int | tuple[int, int] | None, crop_size: int) -> tuple[int, int]:
+    if size is None:
+        side = max(1, crop_size // 32)
+        return side, side
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in pair):
+        raise ArgumentError(f"local_size must be a positive int or (h, w), got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _resolve_device(device: torch.device | str | None) -> torch.device:
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ArgumentError(f"device={device} but CUDA is not available; use device='cpu'")
+        return torch.device(
+            "cuda", torch.cuda.current_device() if device.index is None else device.index
+        )
+    if device.type != "cpu":
+        raise ArgumentError(f"device must be a CUDA device or 'cpu', got {device}")
+    return device
+
+
+def _default_threads() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
