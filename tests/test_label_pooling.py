@@ -19,7 +19,6 @@ from torchvision.ops import roi_align
 
 from dali_relabel.ops.label_pooling import LabelPooling, label_pooling, relabel_targets
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 TOLERANCE = {torch.float16: 1e-5, torch.float32: 1e-5, torch.float64: 1e-9}
 
 # Boxes that sit on the kernel's special cases: borders (sample points at exactly -0.5 and
@@ -524,7 +523,6 @@ def test_fake_kernel_names_bad_shapes():
 
 
 @pytest.mark.gpu
-@CUDA
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 @pytest.mark.parametrize("output_size", [(1, 1), (2, 3)])
 def test_cuda_matches_roi_align(dtype, output_size):
@@ -538,7 +536,6 @@ def test_cuda_matches_roi_align(dtype, output_size):
 
 
 @pytest.mark.gpu
-@CUDA
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_cuda_local_flips_and_gradient(deterministic):
     scores, classes = random_maps(300, 5, 15, 15, num_classes=50, dtype=torch.float32)
@@ -556,7 +553,6 @@ def test_cuda_local_flips_and_gradient(deterministic):
 
 
 @pytest.mark.gpu
-@CUDA
 def test_cuda_opcheck():
     for args in _op_samples():
         cuda = tuple(a.detach().cuda() if isinstance(a, torch.Tensor) else a for a in args)
@@ -564,7 +560,6 @@ def test_cuda_opcheck():
 
 
 @pytest.mark.gpu
-@CUDA
 def test_cuda_has_no_dense_tensor_and_no_sync():
     batch, num_classes = 256, 1000
     scores, classes = random_maps(batch, 5, 15, 15, num_classes=num_classes, dtype=torch.float16)

@@ -26,6 +26,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from dali_relabel import _checks
+from dali_relabel.errors import ArgumentError, ArgumentTypeError
 from dali_relabel.ops._label_pooling_torch import (
     compute_dtype,
     label_pooling_torch,
@@ -53,51 +55,39 @@ def _pair(output_size: int | tuple[int, int]) -> tuple[int, int]:
         or len(size) != 2
         or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)
     ):
-        raise ValueError(
+        raise ArgumentError(
             f"output_size must be a positive int or a pair (h, w) of positive ints, "
             f"got {output_size!r}"
         )
     return int(size[0]), int(size[1])
 
 
-def _check_num_classes(num_classes: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-
-
-def _check_temperature(temperature: float) -> None:
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or not (0 < temperature < float("inf"))
-    ):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-
-
 def _check_tensors(scores: Tensor, classes: Tensor, boxes: Tensor, flip: Tensor | None) -> None:
     for name, value in (("scores", scores), ("classes", classes), ("boxes", boxes)):
         if not isinstance(value, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+            raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if scores.dtype not in _SCORE_DTYPES:
-        raise TypeError(f"scores must be float16, bfloat16, float32 or float64, got {scores.dtype}")
+        raise ArgumentTypeError(
+            f"scores must be float16, bfloat16, float32 or float64, got {scores.dtype}"
+        )
     if classes.dtype not in _CLASS_DTYPES:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"classes must hold integer class ids (uint8, int8, int16, int32 or int64), "
             f"got {classes.dtype}"
         )
     if not boxes.is_floating_point():
-        raise TypeError(f"boxes must be a floating point tensor, got {boxes.dtype}")
+        raise ArgumentTypeError(f"boxes must be a floating point tensor, got {boxes.dtype}")
     if scores.dim() != 4 or min(scores.shape[2:], default=0) < 1:
-        raise ValueError(
+        raise ArgumentError(
             f"scores must have shape [B, K, H, W] with H, W >= 1, got {tuple(scores.shape)}"
         )
     if classes.shape != scores.shape:
-        raise ValueError(
+        raise ArgumentError(
             f"classes must have the shape of scores {tuple(scores.shape)}, "
             f"got {tuple(classes.shape)}"
         )
     if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.shape[0] != scores.shape[0]:
-        raise ValueError(
+        raise ArgumentError(
             f"boxes must have shape [B, 4] = [{scores.shape[0]}, 4] (one normalized "
             f"x1, y1, x2, y2 box per label map), got {tuple(boxes.shape)}"
         )
@@ -105,7 +95,7 @@ def _check_tensors(scores: Tensor, classes: Tensor, boxes: Tensor, flip: Tensor 
         not isinstance(flip, Tensor) or flip.dtype != torch.bool or flip.shape != boxes.shape[:1]
     ):
         got = f"{flip.dtype} {tuple(flip.shape)}" if isinstance(flip, Tensor) else repr(flip)
-        raise ValueError(
+        raise ArgumentError(
             f"flip must be None or a bool tensor of shape [{boxes.shape[0]}], got {got}"
         )
     devices = {"scores": scores.device, "classes": classes.device, "boxes": boxes.device}
@@ -113,7 +103,7 @@ def _check_tensors(scores: Tensor, classes: Tensor, boxes: Tensor, flip: Tensor 
         devices["flip"] = flip.device
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
-        raise ValueError(f"all inputs must be on one device, got {listed}")
+        raise ArgumentError(f"all inputs must be on one device, got {listed}")
 
 
 def _format_box(box: Tensor) -> str:
@@ -140,23 +130,23 @@ def _check_values(classes: Tensor, boxes: Tensor, num_classes: int) -> None:
     if has_nan or box_min < -BOX_TOLERANCE or box_max > 1.0 + BOX_TOLERANCE:
         bad = ~((boxes >= -BOX_TOLERANCE) & (boxes <= 1.0 + BOX_TOLERANCE)).all(1)
         row = int(bad.nonzero()[0])
-        raise ValueError(
+        raise ArgumentError(
             f"boxes must be normalized to [0, 1] (tolerance {BOX_TOLERANCE}), got boxes[{row}]"
             f" = {_format_box(boxes[row])}; divide pixel boxes by the image width and height"
         )
     for axis, smallest, lo, hi in (("x", min_w, 0, 2), ("y", min_h, 1, 3)):
         if smallest < 0:
             row = int((boxes[:, hi] < boxes[:, lo]).nonzero()[0])
-            raise ValueError(
+            raise ArgumentError(
                 f"boxes must be (x1, y1, x2, y2) with {axis}2 >= {axis}1, got boxes[{row}] = "
                 f"{_format_box(boxes[row])}"
             )
     if classes.numel():
         low, high = int(values[5]), int(values[6])
         if low < 0:
-            raise ValueError(f"classes must be >= 0, got a class id of {low}")
+            raise ArgumentError(f"classes must be >= 0, got a class id of {low}")
         if high >= num_classes:
-            raise ValueError(
+            raise ArgumentError(
                 f"classes hold ids up to {high} but num_classes={num_classes}; pass "
                 f"num_classes >= {high + 1}"
             )
@@ -292,7 +282,7 @@ def label_pooling(
         on the device of the inputs.
     """
     out_h, out_w = _pair(output_size)
-    _check_num_classes(num_classes)
+    num_classes = _checks.positive_int("num_classes", num_classes)
     _check_tensors(scores, classes, boxes, flip)
     if validate and not torch.compiler.is_compiling():
         _check_values(classes, boxes, num_classes)
@@ -331,7 +321,7 @@ def relabel_targets(
         Class probabilities summing to 1 over dim 1: Tensor[B, C] for a 1x1 output_size,
         else Tensor[B, C, h, w]; dtype and device as in :func:`label_pooling`.
     """
-    _check_temperature(temperature)
+    temperature = _checks.positive_number("temperature", temperature)
     pooled = label_pooling(
         scores, classes, boxes, num_classes, output_size, flip, validate=validate
     )
@@ -362,11 +352,11 @@ class LabelPooling(nn.Module):
         validate: bool = True,
     ) -> None:
         super().__init__()
-        _check_num_classes(num_classes)
+        _checks.positive_int("num_classes", num_classes)
         _pair(output_size)
-        _check_temperature(temperature)
+        _checks.positive_number("temperature", temperature)
         if not softmax and temperature != 1.0:
-            raise ValueError(
+            raise ArgumentError(
                 f"temperature={temperature} only applies with softmax=True; pass "
                 f"softmax=True or leave temperature at 1.0"
             )
