@@ -16,7 +16,6 @@ sources already in image orientation. docs/FORMAT.md has the derivation.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import os
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ import numpy as np
 from dali_relabel.errors import LabelMapFormatError
 from dali_relabel.store import DEFAULT_SHARD_SIZE, LabelMapStore, LabelMapWriter
 
-__all__ = ["LAYOUTS", "add_commands", "convert", "find_label_map_files", "load_label_map_file"]
+__all__ = ["LAYOUTS", "convert", "find_label_map_files", "load_label_map_file"]
 
 LAYOUTS = ("official", "hw")
 
@@ -227,89 +226,3 @@ def convert(
                         future.cancel()
                     raise
     return writer.finalize()
-
-
-def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        "convert",
-        help="official ReLabel .pt tree -> label map store",
-        description="Convert a tree of official ReLabel label maps (<wnid>/<stem>.pt, "
-        "[2, k, H, W]) or dense maps ([C, H, W]) into a Zarr label map store. "
-        "Resumable: run the same command again after an interruption.",
-    )
-    p.add_argument("src", help="folder of .pt label maps")
-    p.add_argument("out", help="store to write (a folder, e.g. relabel.zarr)")
-    p.add_argument(
-        "--layout",
-        choices=LAYOUTS,
-        default="official",
-        help="official: transpose H/W so that boxes in (x1, y1, x2, y2) reproduce the official "
-        "targets (the official code swaps x and y); hw: keep maps as they are. Default: official",
-    )
-    p.add_argument("--workers", type=int, default=None, help="reader processes. Default: CPUs")
-    p.add_argument(
-        "--num-classes", type=int, default=None, help="Default: 1000, or C of dense maps"
-    )
-    p.add_argument("--topk", type=int, default=5, help="k kept from dense maps. Default: 5")
-    p.add_argument(
-        "--float32", action="store_true", help="store scores as float32 (default float16)"
-    )
-    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help=argparse.SUPPRESS)
-    p.set_defaults(func=_cli_convert)
-
-    p = subparsers.add_parser("info", help="print a summary of a label map store")
-    p.add_argument("store")
-    p.set_defaults(func=_cli_info)
-
-    p = subparsers.add_parser(
-        "verify",
-        help="compare a store's keys with an image folder",
-        description="Report images without a label map and label maps without an image. "
-        "Exit status 1 when there are any.",
-    )
-    p.add_argument("store")
-    p.add_argument("--images", required=True, help="ImageFolder tree (e.g. imagenet/train)")
-    p.add_argument("--list", action="store_true", help="list every mismatch, not the first 10")
-    p.set_defaults(func=_cli_verify)
-
-
-def _cli_convert(args) -> int:
-    store = convert(
-        args.src,
-        args.out,
-        layout=args.layout,
-        num_classes=args.num_classes,
-        topk=args.topk,
-        score_dtype="float32" if args.float32 else "float16",
-        workers=args.workers,
-        shard_size=args.shard_size,
-    )
-    print(store.summary())
-    return 0
-
-
-def _cli_info(args) -> int:
-    print(LabelMapStore.open(args.store, allow_incomplete=True).summary())
-    return 0
-
-
-def _cli_verify(args) -> int:
-    from dali_relabel.imagefolder import scan_image_folder
-
-    store = LabelMapStore.open(args.store)
-    images = {key for key, _ in scan_image_folder(args.images)}
-    maps = set(store.keys)
-    no_map = sorted(images - maps)
-    no_image = sorted(maps - images)
-    shown = None if args.list else 10
-    print(f"{len(images):,} images under {args.images}, {len(maps):,} label maps in {args.store}")
-    for title, keys in (
-        ("images without a label map", no_map),
-        ("maps without an image", no_image),
-    ):
-        print(f"{len(keys):,} {title}")
-        for key in keys[:shown]:
-            print(f"  {key}")
-        if shown is not None and len(keys) > shown:
-            print(f"  ... {len(keys) - shown:,} more (--list shows all)")
-    return 1 if no_map or no_image else 0

@@ -16,13 +16,12 @@ where. Sized to finish in a few minutes on 2 CPU cores.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_commands", "run_demo"]
+__all__ = ["run_demo"]
 
 
 def _small_cnn(num_classes: int):
@@ -260,36 +259,3 @@ def run_demo(
         print(f"  {what:<18} {where}")
     print(f"  {'summary':<18} {out / 'summary.json'}")
     return summary
-
-
-def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="the whole ReLabel path on real photos (what `make demo` runs)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--out", default="runs/demo", help="Default: runs/demo")
-    p.add_argument("--images-per-class", type=int, default=24, help="Default: 24")
-    p.add_argument("--steps", type=int, default=300, help="Default: 300")
-    p.add_argument("--batch-size", type=int, default=32, help="Default: 32")
-    p.add_argument("--crop-size", type=int, default=96, help="Default: 96")
-    p.add_argument("--resolution", type=int, default=224, help="teacher input. Default: 224")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    p.set_defaults(func=_cli_demo)
-
-
-def _cli_demo(args) -> int:
-    for name in ("images_per_class", "steps", "batch_size", "crop_size", "resolution"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    run_demo(
-        args.out,
-        images_per_class=args.images_per_class,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        crop_size=args.crop_size,
-        resolution=args.resolution,
-        device=args.device,
-    )
-    return 0

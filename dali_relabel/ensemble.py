@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from dali_relabel.store import LabelMapStore
 
-__all__ = ["add_commands", "densify", "ensemble_label_maps", "resample"]
+__all__ = ["densify", "ensemble_label_maps", "resample"]
 
 _SCORE_KINDS = ("logits", "probabilities")
 #: Samples densified at once: 64 x 1000 classes x 15 x 15 float32 is 58 MB per store.
@@ -271,47 +271,3 @@ def _mean_dense(
         return resample(dense, grid)
 
     return sum(one(store) for store in stores) / len(stores)
-
-
-# -- command line ----------------------------------------------------------------------
-def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        "ensemble",
-        help="average several label-map stores into one (a teacher ensemble)",
-        description="Average the teachers' dense scores per cell (classes outside a store's "
-        "top-k count as 0, as in LabelPooling), resampling maps of other grids bilinearly "
-        "(align_corners=False), and keep the top-k of the mean. Resumable.",
-    )
-    p.add_argument("stores", nargs="+", help="input stores (same keys and classes)")
-    p.add_argument("out", help="store to write")
-    p.add_argument(
-        "--scores",
-        choices=_SCORE_KINDS,
-        help="average logits or probabilities; default: logits when every input holds logits",
-    )
-    p.add_argument(
-        "--grid",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="grid of the result; default: the finest input grid",
-    )
-    p.add_argument("--topk", type=int, help="classes per cell; default: the largest input k")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cli_ensemble)
-
-
-def _cli_ensemble(args) -> int:
-    store = ensemble_label_maps(
-        args.stores,
-        args.out,
-        scores=args.scores,
-        grid=tuple(args.grid) if args.grid else None,
-        k=args.topk,
-        progress=not args.quiet,
-    )
-    print(
-        f"wrote the {store.provenance['ensemble']} of {len(args.stores)} stores "
-        f"({len(store):,} maps, {store.grid[0]}x{store.grid[1]}, top-{store.k}) to {store.path}"
-    )
-    return 0

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from dali_relabel.store import LabelMapStore
     from dali_relabel.teachers import DenseTeacher
 
-__all__ = ["DECODERS", "add_commands", "generate_label_maps"]
+__all__ = ["DECODERS", "generate_label_maps"]
 
 _SCORE_KINDS = ("logits", "probabilities")
 
@@ -318,85 +318,3 @@ def generate_label_maps(
             )
         return compact(out, keys, bad, params)
     return writer.finalize()
-
-
-# -- command line ----------------------------------------------------------------------
-def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        "generate",
-        help="label maps of an ImageFolder tree from pretrained classifiers",
-        description="Run a classifier made fully convolutional (global pooling dropped, final "
-        "layer at every position) on every image resized to RxR and store the top-k classes "
-        "per cell (ReLabel's recipe). Several --teacher options average an ensemble. "
-        "Resumable: run the same command again after an interruption. Weights are read "
-        "from local files only.",
-    )
-    p.add_argument("images", help="ImageFolder tree: class folders with images (e.g. train/)")
-    p.add_argument("out", help="label map store to write")
-    p.add_argument(
-        "--teacher",
-        action="append",
-        help="efficientnet_lite0 (default; weights ship with the package), a torchvision "
-        "classifier (resnet50, convnext_tiny, regnet_y_16gf, ...; resnet50.IMAGENET1K_V1 for "
-        "other weights) or timm:NAME; repeat for an ensemble",
-    )
-    p.add_argument(
-        "--checkpoint",
-        action="append",
-        help="local weights file; repeat once per --teacher, 'default' for a teacher's own "
-        "weights. Default: the shipped file, or torchvision's/timm's local cache",
-    )
-    p.add_argument(
-        "--resolution",
-        type=int,
-        help="input size; default: 15 x the teacher's stride (480 at stride 32, a 15x15 grid)",
-    )
-    p.add_argument("--topk", type=int, default=DEFAULT_TOPK, help="classes per cell; default: 5")
-    p.add_argument("--scores", choices=_SCORE_KINDS, default="logits", help="default: logits")
-    p.add_argument("--batch-size", type=int, default=32, help="default: 32")
-    p.add_argument("--device", help="default: cuda when available, else cpu")
-    p.add_argument(
-        "--decoder",
-        choices=DECODERS,
-        default="torchvision",
-        help="default: torchvision (PIL decoding, torchvision resize)",
-    )
-    p.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="leave undecodable images out of the store (listed in its provenance)",
-    )
-    p.add_argument("--workers", type=int, help="decoding processes; default: min(8, CPUs)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cli_generate)
-
-
-def _cli_generate(args) -> int:
-    teachers = args.teacher or ["efficientnet_lite0"]
-    store = generate_label_maps(
-        args.images,
-        args.out,
-        teachers if len(teachers) > 1 else teachers[0],
-        checkpoint=args.checkpoint
-        if args.checkpoint and len(args.checkpoint) > 1
-        else (args.checkpoint[0] if args.checkpoint else None),
-        resolution=args.resolution,
-        k=args.topk,
-        scores=args.scores,
-        batch_size=args.batch_size,
-        device=args.device,
-        decoder=args.decoder,
-        skip_bad_images=args.skip_bad_images,
-        workers=args.workers,
-        progress=not args.quiet,
-    )
-    skipped = store.provenance.get("skipped_images", [])
-    print(
-        f"wrote label maps of {len(store):,} images to {store.path}"
-        + (
-            f"; skipped {len(skipped):,} undecodable images (listed in the store's provenance)"
-            if skipped
-            else ""
-        )
-    )
-    return 0

@@ -24,7 +24,7 @@ import numpy as np
 
 from dali_relabel.constants import DEFAULT_GRID, DEFAULT_TOPK, IMAGENET_NUM_CLASSES
 
-__all__ = ["PHOTOS", "SampleData", "add_commands", "load_photo", "make_sample_data"]
+__all__ = ["PHOTOS", "SampleData", "load_photo", "make_sample_data"]
 
 #: scikit-image photo -> (WordNet id, ImageNet-1k index) of the class it shows.
 PHOTOS: dict[str, tuple[str, int]] = {
@@ -183,27 +183,3 @@ def make_sample_data(
     return SampleData(
         root=root, train=train, label_maps=map_root, keys=tuple(keys), labels=tuple(labels)
     )
-
-
-def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        "sample",
-        help="write the real-photo sample data (ImageNet layout)",
-        description="Write OUT/train/<wnid>/<wnid>_<n>.JPEG from scikit-image's photos, and "
-        "with --label-maps the matching official-format .pt label maps under OUT/label_maps.",
-    )
-    p.add_argument("out", help="folder to write into")
-    p.add_argument("--images-per-class", type=int, default=8, help="default: 8")
-    p.add_argument("--seed", type=int, default=0, help="default: 0")
-    p.add_argument("--label-maps", action="store_true", help="also write official .pt maps")
-    p.set_defaults(func=_cli_sample)
-
-
-def _cli_sample(args) -> int:
-    data = make_sample_data(
-        args.out, images_per_class=args.images_per_class, seed=args.seed, label_maps=args.label_maps
-    )
-    print(f"wrote {len(data.keys)} images under {data.train}")
-    if data.label_maps is not None:
-        print(f"wrote {len(data.keys)} official-format label maps under {data.label_maps}")
-    return 0

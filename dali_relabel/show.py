@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from dali_relabel.store import LabelMapStore
 
-__all__ = ["add_commands", "class_labels", "parse_box", "show_label_map"]
+__all__ = ["class_labels", "parse_box", "show_label_map"]
 
 #: Classes given their own colour (tab10 without its grey); the other cells stay uncoloured.
 _MAX_LEGEND = 9
@@ -219,26 +219,3 @@ def _targets(scores: np.ndarray, classes: np.ndarray, box: Any, num_classes: int
         num_classes,
     )
     return probs[0].double().numpy()
-
-
-# -- command line ----------------------------------------------------------------------
-def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        "show",
-        help="draw an image with its label map (and a crop's ReLabel targets) to a PNG",
-        description="Draw the image of KEY with its label map's top class per cell as a "
-        "coloured overlay and a legend; with --box also the crop and its top-5 targets "
-        "(LabelPooling over the box, then softmax).",
-    )
-    p.add_argument("store", help="label map store")
-    p.add_argument("--images", required=True, help="the ImageFolder tree the store was made from")
-    p.add_argument("--key", required=True, help="sample key, e.g. n02124075/n02124075_3")
-    p.add_argument("--box", help="crop x1,y1,x2,y2 normalized to [0, 1] (x right, y down)")
-    p.add_argument("-o", "--out", required=True, help="PNG to write")
-    p.set_defaults(func=_cli_show)
-
-
-def _cli_show(args) -> int:
-    show_label_map(args.store, args.images, args.key, box=args.box, out=args.out)
-    print(f"wrote {args.out}")
-    return 0

@@ -1,32 +1,23 @@
-"""The ``dali-relabel`` command line.
+"""The parser of ``dali-relabel`` and the one place that turns errors into exit codes.
 
-Each verb lives in the module that does the work; a module adds its verbs through
-``add_commands(subparsers)`` and each verb's parser sets ``func(args) -> int``.
-Modules are imported here, but import their heavy dependencies (torch, DALI) only
-inside the verb, so that ``dali-relabel --help`` stays fast.
+Each group module adds its verbs with ``add_commands(subparsers)``; each verb's parser
+sets ``func(args) -> int``. Group modules import the library only inside a verb, so
+that ``dali-relabel --help`` does not import torch or DALI.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+from dali_relabel.cli import _labelmaps, _store, _tools
 from dali_relabel.errors import DaliRelabelError
 
 __all__ = ["build_parser", "main"]
 
-# Modules that contribute verbs, in the order `--help` lists them.
-_COMMAND_MODULES = (
-    "dali_relabel.demo",
-    "dali_relabel.sample",
-    "dali_relabel.convert",
-    "dali_relabel.generate",
-    "dali_relabel.ensemble",
-    "dali_relabel.show",
-    "dali_relabel.bench",
-)
+# The groups of verbs, in the order `--help` lists them.
+_GROUPS = (_tools, _labelmaps, _store)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,12 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).add_commands(sub)
+    for group in _GROUPS:
+        group.add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``dali-relabel`` with ``argv`` (default: the process's arguments); the exit code.
+
+    The library's errors and OSError (a missing file, a full disk) are printed as one line
+    with exit code 1; anything else is a bug and keeps its traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
@@ -51,14 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (DaliRelabelError, FileNotFoundError, ValueError, KeyError, TypeError) as e:
+    except (DaliRelabelError, OSError, ValueError, KeyError, TypeError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"dali-relabel {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"dali-relabel {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
