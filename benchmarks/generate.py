@@ -48,10 +48,13 @@ def main() -> None:
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
 
-    from dali_relabel.decode import _resize, decode_image
-    from dali_relabel.generate import generate_label_maps
+    from dali_relabel.labelmaps import (
+        decode_image,
+        generate_label_maps,
+        load_teacher,
+        resize_square,
+    )
     from dali_relabel.sample import make_sample_data
-    from dali_relabel.teachers import load_teacher
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -60,7 +63,7 @@ def main() -> None:
         n = len(data.keys)
         teacher = load_teacher(args.teacher, device=device)
         paths = sorted(data.train.rglob("*.JPEG"))
-        decoded = torch.stack([_resize(decode_image(p), args.resolution) for p in paths])
+        decoded = torch.stack([resize_square(decode_image(p), args.resolution) for p in paths])
 
         def forward_pass() -> float:
             start = time.perf_counter()

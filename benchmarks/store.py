@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, machine, time_windows
 
 from dali_relabel import LabelMapStore
-from dali_relabel.convert import convert
+from dali_relabel.labelmaps import convert
 from dali_relabel.sample import _synthetic_label_map
 
 IMAGENET_TRAIN = 1_281_167

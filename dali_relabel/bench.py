@@ -124,7 +124,7 @@ def _measure(name: str, args) -> dict[str, Any]:
 # -- the run -------------------------------------------------------------------------------
 def _prepare(args, root: Path) -> Path:
     """Sample photos, their official .pt maps, and the same maps converted to a store."""
-    from dali_relabel.convert import convert
+    from dali_relabel.labelmaps import convert
     from dali_relabel.sample import make_sample_data
 
     data = make_sample_data(root, images_per_class=args.images_per_class, label_maps=True)

@@ -145,8 +145,8 @@ def run_demo(
 
     from dali_relabel import ReLabelLoader
     from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD
-    from dali_relabel.generate import generate_label_maps
     from dali_relabel.imagenet import imagenet_class_names
+    from dali_relabel.labelmaps import generate_label_maps
     from dali_relabel.sample import make_sample_data
     from dali_relabel.show import show_label_map
 

@@ -100,11 +100,10 @@ def show_label_map(
     from matplotlib.patches import Patch, Rectangle
     from matplotlib.ticker import MaxNLocator
 
-    from dali_relabel.generate import decode_image
-    from dali_relabel.store import LabelMapStore
+    from dali_relabel.labelmaps import decode_image
+    from dali_relabel.store import open_store
 
-    if not isinstance(store, LabelMapStore):
-        store = LabelMapStore.open(store)
+    store = open_store(store)
     bbox = None if box is None else parse_box(box)
     scores, classes = store.read([store.index(key)])
     image = decode_image(_find_image(Path(images), key)).permute(1, 2, 0).numpy()

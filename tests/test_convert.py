@@ -17,7 +17,7 @@ from torchvision.ops import roi_align
 
 from dali_relabel import LabelMapStore
 from dali_relabel.cli import main
-from dali_relabel.convert import convert
+from dali_relabel.labelmaps import convert
 
 
 def _official_tree(root: Path, n: int, *, k=5, grid=(15, 15), seed=0, num_classes=1000):

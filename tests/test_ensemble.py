@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dali_relabel.cli import main
-from dali_relabel.ensemble import densify, ensemble_label_maps, resample
+from dali_relabel.labelmaps import densify, ensemble_label_maps, resample
 from dali_relabel.ops.label_pooling import label_pooling
 from dali_relabel.store import LabelMapStore, LabelMapWriter
 

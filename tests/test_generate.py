@@ -19,14 +19,19 @@ from PIL import Image
 from torch import nn
 
 from dali_relabel.cli import main
-from dali_relabel.decode import _resize, decode_image
 from dali_relabel.errors import ImageDecodeError, StoreIncompleteError, StoreMismatchError
-from dali_relabel.generate import generate_label_maps
 from dali_relabel.imagenet import imagenet_wnids
+from dali_relabel.labelmaps import (
+    decode_image,
+    dense_teacher,
+    file_sha256,
+    generate_label_maps,
+    load_teacher,
+    resize_square,
+)
 from dali_relabel.ops.label_pooling import relabel_targets
 from dali_relabel.sample import load_photo
 from dali_relabel.store import LabelMapStore, LabelMapWriter
-from dali_relabel.teachers import dense_teacher, file_sha256, load_teacher
 
 CAT = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 CUP = {967, 968, 504}  # espresso, cup, coffee mug
@@ -128,7 +133,7 @@ def test_store_records_teacher_and_parameters(store):
 
 def test_maps_equal_the_teachers_dense_logits(store, images, lite0):
     teacher = lite0
-    image = _resize(decode_image(images / "n07920052/coffee.JPEG"), RES)
+    image = resize_square(decode_image(images / "n07920052/coffee.JPEG"), RES)
     with torch.inference_mode():
         dense = teacher(image.float()[None] / 255)[0].double()
     top = dense.topk(5, dim=0)
@@ -184,7 +189,7 @@ def test_resume_after_an_interruption_equals_one_run(images, tmp_path, monkeypat
 
 _CHILD = """
 import sys
-from dali_relabel.generate import generate_label_maps
+from dali_relabel.labelmaps import generate_label_maps
 generate_label_maps(sys.argv[1], sys.argv[2], resolution=160, batch_size=1, shard_size=1,
                     workers=0, progress=False)
 """
@@ -241,7 +246,7 @@ def test_two_teachers_average_on_the_finer_grid(images, tmp_path, lite0):
     assert prov["ensemble"] == "mean of logits per cell"
     assert [t["grid"] for t in prov["teachers"]] == [[5, 5], [10, 10]]
     key = "n02124075/composite"
-    x = _resize(decode_image(images / f"{key}.JPEG"), 160).float()[None] / 255
+    x = resize_square(decode_image(images / f"{key}.JPEG"), 160).float()[None] / 255
     with torch.inference_mode():
         a = F.interpolate(lite0(x).double(), size=(10, 10), mode="bilinear", align_corners=False)
         want = ((a + small(x).double()) / 2)[0].topk(4, dim=0)
@@ -259,7 +264,7 @@ class _Stride32(_Stride16):
 
 
 def test_teachers_of_one_resolution_share_one_decoded_image(images, tmp_path, lite0, monkeypatch):
-    import dali_relabel.generate as gen
+    import dali_relabel.labelmaps._generate as gen
 
     asked = []
 
@@ -276,7 +281,7 @@ def test_teachers_of_one_resolution_share_one_decoded_image(images, tmp_path, li
     # One image per distinct size: the DALI decoder names its outputs, and refuses repeats.
     assert asked == [[96]]
     key = "n02124075/composite"
-    x = _resize(decode_image(images / f"{key}.JPEG"), 96).float()[None] / 255
+    x = resize_square(decode_image(images / f"{key}.JPEG"), 96).float()[None] / 255
     with torch.inference_mode():
         want = ((lite0(x).double() + small(x).double()) / 2)[0].topk(5, dim=0)
     scores, _ = out.read([out.index(key)])

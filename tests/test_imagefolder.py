@@ -8,7 +8,6 @@ import pytest
 import torchvision
 from PIL import Image
 
-from dali_relabel.cli import main
 from dali_relabel.errors import ClassTableError
 from dali_relabel.imagefolder import (
     ImageFolderList,
@@ -107,8 +106,3 @@ def test_bad_file_checks(sample_data, tmp_path):
     paths = sorted(tmp_path.iterdir())
     bad = {paths[i].name for i, _ in find_bad_images(paths, workers=2)}
     assert bad == {"truncated.JPEG", "text.JPEG", "empty.JPEG", "bad_png.JPEG"}
-
-
-def test_verify_command_uses_the_scan(sample_data, sample_store, capsys):
-    assert main(["verify", sample_store.path, "--images", str(sample_data.train)]) == 0
-    assert "0 images without a label map" in capsys.readouterr().out

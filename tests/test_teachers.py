@@ -9,13 +9,13 @@ import torchvision
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from dali_relabel.sample import load_photo
-from dali_relabel.teachers import (
+from dali_relabel.labelmaps import (
     DEFAULT_TEACHER,
     dense_teacher,
     file_sha256,
     load_teacher,
 )
+from dali_relabel.sample import load_photo
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -187,4 +187,4 @@ def test_normalization_lives_on_the_models_device():
     # CUDA weights in check(). The meta device stands in for CUDA on a CPU-only machine.
     model = torchvision.models.resnet18(num_classes=10).to("meta").eval()
     teacher = dense_teacher(model, weights_sha256="0" * 64, check=False)
-    assert teacher._mean.device.type == "meta" and teacher._std.device.type == "meta"
+    assert {buffer.device.type for buffer in teacher.buffers()} == {"meta"}

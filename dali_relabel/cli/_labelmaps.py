@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dali_relabel.constants import DEFAULT_TOPK
-from dali_relabel.convert import LAYOUTS
-from dali_relabel.decode import DECODERS
+from dali_relabel.labelmaps import DECODERS, LAYOUTS
 from dali_relabel.store import DEFAULT_SHARD_SIZE, SCORE_KINDS
 
 __all__ = ["add_commands"]
@@ -115,7 +114,7 @@ def add_commands(subparsers) -> None:
 
 
 def _convert(args) -> int:
-    from dali_relabel.convert import convert
+    from dali_relabel.labelmaps import convert
 
     store = convert(
         args.src,
@@ -132,14 +131,16 @@ def _convert(args) -> int:
 
 
 def _generate(args) -> int:
-    from dali_relabel.generate import generate_label_maps
+    from dali_relabel.labelmaps import generate_label_maps
 
-    teachers = args.teacher or ["efficientnet_lite0"]
+    teacher = {}  # none given: generate_label_maps's default teacher
+    if args.teacher:
+        teacher["teacher"] = args.teacher if len(args.teacher) > 1 else args.teacher[0]
     checkpoints = args.checkpoint or [None]
     store = generate_label_maps(
         args.images,
         args.out,
-        teachers if len(teachers) > 1 else teachers[0],
+        **teacher,
         checkpoint=checkpoints if len(checkpoints) > 1 else checkpoints[0],
         resolution=args.resolution,
         k=args.topk,
@@ -162,7 +163,7 @@ def _generate(args) -> int:
 
 
 def _ensemble(args) -> int:
-    from dali_relabel.ensemble import ensemble_label_maps
+    from dali_relabel.labelmaps import ensemble_label_maps
 
     store = ensemble_label_maps(
         args.stores,

@@ -30,23 +30,20 @@ def _info(args) -> int:
 
 
 def _verify(args) -> int:
-    from dali_relabel.imagefolder import scan_image_folder
-    from dali_relabel.store import LabelMapStore
+    from dali_relabel.labelmaps import verify_keys
 
-    store = LabelMapStore.open(args.store)
-    images = {key for key, _ in scan_image_folder(args.images)}
-    maps = set(store.keys)
-    no_map = sorted(images - maps)
-    no_image = sorted(maps - images)
+    report = verify_keys(args.store, args.images)
     shown = None if args.list else 10
-    print(f"{len(images):,} images under {args.images}, {len(maps):,} label maps in {args.store}")
+    print(
+        f"{report.images:,} images under {args.images}, {report.maps:,} label maps in {args.store}"
+    )
     for title, keys in (
-        ("images without a label map", no_map),
-        ("maps without an image", no_image),
+        ("images without a label map", report.without_map),
+        ("maps without an image", report.without_image),
     ):
         print(f"{len(keys):,} {title}")
         for key in keys[:shown]:
             print(f"  {key}")
         if shown is not None and len(keys) > shown:
             print(f"  ... {len(keys) - shown:,} more (--list shows all)")
-    return 1 if no_map or no_image else 0
+    return 0 if report.ok else 1

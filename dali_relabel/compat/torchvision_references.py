@@ -21,7 +21,7 @@ import os
 from typing import Any
 
 from dali_relabel.loader import ReLabelLoader
-from dali_relabel.store import LabelMapStore
+from dali_relabel.store import LabelMapStore, open_store
 
 __all__ = ["load_loaders"]
 
@@ -40,7 +40,7 @@ def load_loaders(
         label_maps: label-map store of the ``train/`` images.
         **kwargs: further :class:`ReLabelLoader` arguments for both loaders.
     """
-    store = label_maps if isinstance(label_maps, LabelMapStore) else LabelMapStore.open(label_maps)
+    store = open_store(label_maps)
     common = {"num_threads": getattr(args, "workers", None) or None, **kwargs}
     train = ReLabelLoader(
         os.path.join(args.data_path, "train"),

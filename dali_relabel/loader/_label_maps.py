@@ -2,7 +2,7 @@
 
 :class:`~dali_relabel.loader.ReLabelLoader` joins each sample with its label map by the
 sample index DALI returns. This module holds everything of that join that knows the
-store: opening it, listing the image folder in the store's class space
+store: listing the image folder in the store's class space
 (:func:`scan_in_store_classes`), the store row of every sample (:func:`store_rows`,
 joined by key), and :class:`LabelMaps`, which places the maps of the dataset's samples
 in host memory, in GPU memory, or leaves them in the store (``label_map_memory``),
@@ -26,14 +26,13 @@ import torch
 
 from dali_relabel.errors import (
     ArgumentError,
-    ArgumentTypeError,
     ClassTableError,
     StoreMismatchError,
 )
 from dali_relabel.imagefolder import ImageFolderList
 from dali_relabel.store import LabelMapStore
 
-__all__ = ["MEMORY", "LabelMaps", "open_store", "scan_in_store_classes", "store_rows"]
+__all__ = ["MEMORY", "LabelMaps", "scan_in_store_classes", "store_rows"]
 
 #: What ``label_map_memory=`` accepts; see :class:`~dali_relabel.loader.ReLabelLoader`.
 MEMORY = ("auto", "host", "device", "stream")
@@ -190,17 +189,6 @@ def _auto_memory(nbytes: int, device: torch.device, in_memory: bool) -> str:
 
 
 # -- the store, the folder and the join by key ----------------------------------------
-def open_store(label_maps: Any) -> LabelMapStore | None:
-    """The store that ``label_maps`` names: a path, a URL, an open store, or None."""
-    if label_maps is None or isinstance(label_maps, LabelMapStore):
-        return label_maps
-    if isinstance(label_maps, (str, os.PathLike)):
-        return LabelMapStore.open(label_maps)
-    raise ArgumentTypeError(
-        f"label_maps must be a store path, URL or LabelMapStore, got {type(label_maps).__name__}"
-    )
-
-
 def scan_in_store_classes(root: str | os.PathLike, store: LabelMapStore | None) -> ImageFolderList:
     """The samples under ``root``, class indices in the store's class space.
 

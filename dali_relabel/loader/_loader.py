@@ -38,12 +38,11 @@ from dali_relabel.loader._graph import LoaderGraph, default_resize_size
 from dali_relabel.loader._label_maps import (
     MEMORY,
     LabelMaps,
-    open_store,
     scan_in_store_classes,
     store_rows,
 )
 from dali_relabel.loader._sampler import ShardSampler, resolve_shard
-from dali_relabel.store import LabelMapStore
+from dali_relabel.store import LabelMapStore, open_store
 
 __all__ = ["BAD_IMAGE", "TARGETS", "ReLabelLoader"]
 
@@ -200,7 +199,7 @@ class ReLabelLoader:
         self.seed = int(seed)
         rank, world_size = resolve_shard(rank, world_size)
 
-        self.store = open_store(label_maps)
+        self.store = None if label_maps is None else open_store(label_maps)
         self.dataset = scan_in_store_classes(root, self.store)
         self.skipped_images: list[tuple[str, str]] = []
         if on_bad_image == "skip":

@@ -16,7 +16,7 @@ from dali_relabel.store._format import (
     STORE_FORMAT_VERSION,
     class_dtype_for,
 )
-from dali_relabel.store._reader import LabelMapStore
+from dali_relabel.store._reader import LabelMapStore, open_store
 from dali_relabel.store._writer import LabelMapWriter
 
 __all__ = [
@@ -30,4 +30,5 @@ __all__ = [
     "class_dtype_for",
     "compact",
     "find_compacted",
+    "open_store",
 ]

@@ -14,6 +14,7 @@ zarr-python and fsspec.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,7 @@ from dali_relabel.store._format import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LabelMapStore"]
+__all__ = ["LabelMapStore", "open_store"]
 
 
 class LabelMapStore:
@@ -331,3 +332,15 @@ class LabelMapStore:
             f"LabelMapStore({self.path!r}, samples={len(self)}, k={self.k}, grid={self.grid}, "
             f"num_classes={self.num_classes}, in_memory={self.in_memory})"
         )
+
+
+def open_store(store: str | os.PathLike | LabelMapStore) -> LabelMapStore:
+    """``store`` as an open :class:`LabelMapStore`: a path or URL is opened, an open store
+    is returned as it is (what every function taking "a store" accepts)."""
+    if isinstance(store, LabelMapStore):
+        return store
+    if isinstance(store, (str, os.PathLike)):
+        return LabelMapStore.open(store)
+    raise ArgumentTypeError(
+        f"a label map store is a path, a URL or a LabelMapStore, got {type(store).__name__}"
+    )

@@ -23,16 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dali_relabel.errors import StoreMismatchError
+from dali_relabel import _checks
+from dali_relabel.errors import ArgumentError, StoreMismatchError
+from dali_relabel.store import SCORE_KINDS, LabelMapStore, LabelMapWriter, open_store
 
 if TYPE_CHECKING:
     import torch
 
-    from dali_relabel.store import LabelMapStore
-
 __all__ = ["densify", "ensemble_label_maps", "resample"]
 
-_SCORE_KINDS = ("logits", "probabilities")
 #: Samples densified at once: 64 x 1000 classes x 15 x 15 float32 is 58 MB per store.
 _CHUNK = 64
 
@@ -143,12 +142,6 @@ def _describe(store: LabelMapStore) -> dict[str, Any]:
     return entry
 
 
-def _open(store: str | Path | LabelMapStore) -> LabelMapStore:
-    from dali_relabel.store import LabelMapStore
-
-    return store if isinstance(store, LabelMapStore) else LabelMapStore.open(store)
-
-
 def ensemble_label_maps(
     stores: Sequence[str | Path | LabelMapStore],
     out: str | Path,
@@ -183,21 +176,18 @@ def ensemble_label_maps(
     import torch
     from tqdm.auto import tqdm
 
-    from dali_relabel.store import LabelMapWriter
-
     if not stores:
-        raise ValueError("ensemble needs at least one store")
-    opened = [_open(s) for s in stores]
+        raise ArgumentError("ensemble needs at least one store")
+    opened = [open_store(s) for s in stores]
     _check_keys(opened)
     _check_classes(opened)
     kinds = [s.score_kind for s in opened]
     if scores is None:
         scores = "logits" if all(kind == "logits" for kind in kinds) else "probabilities"
-    if scores not in _SCORE_KINDS:
-        raise ValueError(f"scores must be one of {_SCORE_KINDS}, got {scores!r}")
+    _checks.one_of("scores", scores, SCORE_KINDS)
     if scores == "logits" and "probabilities" in kinds:
         path = opened[kinds.index("probabilities")].path
-        raise ValueError(
+        raise ArgumentError(
             f"store {path!r} holds probabilities, which cannot be averaged as logits; use "
             "--scores probabilities"
         )
@@ -207,11 +197,11 @@ def ensemble_label_maps(
         else (int(grid[0]), int(grid[1]))
     )
     if min(grid) < 1:
-        raise ValueError(f"grid must be (H, W) with H, W >= 1, got {grid}")
+        raise ArgumentError(f"grid must be (H, W) with H, W >= 1, got {grid}")
     num_classes = opened[0].num_classes
     k = max(s.k for s in opened) if k is None else int(k)
     if not 1 <= k <= num_classes:
-        raise ValueError(f"k must be in [1, {num_classes}], got {k}")
+        raise ArgumentError(f"k must be in [1, {num_classes}], got {k}")
     if score_dtype is None:
         wide = any(s.score_dtype == np.float32 for s in opened)
         score_dtype = "float32" if wide else "float16"

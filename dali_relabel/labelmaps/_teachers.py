@@ -14,8 +14,7 @@ Teachers come from torchvision (``resnet50``, ``convnext_tiny``, ...), timm
 and by default, EfficientNet-Lite0 with the weights that the ``efficientnet-lite0-
 pytorch-model`` package ships. Weights are read from local files only, never downloaded.
 What is particular to each model family (where it splits into features and classifier,
-where its weights are cached, how its checkpoints load) is in
-:mod:`dali_relabel.teacher_zoo`.
+where its weights are cached, how its checkpoints load) is in :mod:`._zoo`.
 """
 
 from __future__ import annotations
@@ -28,21 +27,14 @@ import torch
 from torch import Tensor, nn
 
 from dali_relabel.constants import DEFAULT_GRID, IMAGENET_MEAN, IMAGENET_STD
-from dali_relabel.teacher_zoo import (
-    DEFAULT_TEACHER,
-    load_pretrained,
-    pooled_rank,
-    split_model,
-    timm_names,
-    torchvision_names,
-)
+from dali_relabel.errors import ArgumentError, ArgumentTypeError, TeacherError
+from dali_relabel.labelmaps._zoo import DEFAULT_TEACHER, load_pretrained, pooled_rank, split_model
 
 __all__ = [
     "DEFAULT_TEACHER",
     "DenseTeacher",
     "dense_teacher",
     "file_sha256",
-    "list_teachers",
     "load_teacher",
 ]
 
@@ -108,7 +100,7 @@ class DenseTeacher(nn.Module):
         feats = self._features(images)
         if not isinstance(feats, Tensor) or feats.dim() != 4:
             shape = tuple(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
-            raise ValueError(
+            raise TeacherError(
                 f"teacher {self.name!r}: its features are {shape}, not a map [B, C, h, w]; "
                 "a vision transformer (tokens) or a head that flattens a map has no per-"
                 "position classifier. Use a convolutional teacher or pass features= that "
@@ -171,8 +163,8 @@ class DenseTeacher(nn.Module):
         """Check that pooling the features and applying the classifier gives the model's logits.
 
         This is what proves the split of the model into ``features`` and ``classifier``
-        right. Returns the largest absolute difference; ValueError past ``atol`` (relative
-        to the logits' scale).
+        right. Returns the largest absolute difference; TeacherError past ``atol``
+        (relative to the logits' scale).
         """
         device = self._mean.device
         gen = torch.Generator().manual_seed(0)
@@ -185,14 +177,14 @@ class DenseTeacher(nn.Module):
             pooled = self.features(xn).mean(dim=(2, 3), keepdim=True)
             got = self.head(pooled)[:, :, 0, 0]
         if got.shape != expected.shape:
-            raise ValueError(
+            raise TeacherError(
                 f"teacher {self.name!r}: the classifier gives {tuple(got.shape)} per position "
                 f"but the model gives {tuple(expected.shape)}; pass features= and classifier="
             )
         diff = float((got - expected).abs().max())
         scale = max(1.0, float(expected.abs().max()))
         if not diff <= atol * scale:
-            raise ValueError(
+            raise TeacherError(
                 f"teacher {self.name!r}: features -> global average pooling -> classifier does "
                 f"not reproduce the model's logits (max difference {diff:.3g}), so the split "
                 f"of {type(self.model).__name__} into features and classifier is wrong. Pass "
@@ -257,9 +249,9 @@ def dense_teacher(
             (see :meth:`DenseTeacher.check`). Default: True.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if (features is None) != (classifier is None):
-        raise ValueError("pass both features= and classifier=, or neither to have them found")
+        raise ArgumentError("pass both features= and classifier=, or neither to have them found")
     if features is None:
         features, classifier, rank = split_model(model)
     else:
@@ -281,12 +273,6 @@ def dense_teacher(
 
 
 # -- loading by name ---------------------------------------------------------------
-def list_teachers(*, include_timm: bool = False) -> list[str]:
-    """Names :func:`load_teacher` accepts: the default, torchvision's classifiers (and timm's)."""
-    names = [DEFAULT_TEACHER, *torchvision_names()]
-    return names + (timm_names() if include_timm else [])
-
-
 def load_teacher(
     name: str = DEFAULT_TEACHER,
     checkpoint: str | Path | None = None,

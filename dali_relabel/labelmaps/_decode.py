@@ -5,7 +5,7 @@ Each image is decoded whole and squashed to the teacher's square input, as ReLab
 resolution. Two decoders give the same batches: PIL with torchvision's antialiased
 resize, in DataLoader worker processes, or a DALI pipeline (GPU decoding on CUDA).
 With PIL an unreadable image becomes a placeholder carrying its error message, so that
-:mod:`dali_relabel.generate` can skip it; DALI stops at the first one.
+generation (:mod:`._generate`) can skip it; DALI stops at the first one.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dali_relabel._deps import require_dali
 from dali_relabel.errors import ImageDecodeError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DECODERS", "decode_image", "image_batches"]
+__all__ = ["DECODERS", "decode_image", "image_batches", "resize_square"]
 
 DECODERS = ("torchvision", "dali")
 
@@ -44,11 +45,17 @@ def decode_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
+def resize_square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The whole image squashed to ``size`` x ``size`` (bilinear, antialiased), as ReLabel
+    resizes a training image for its teacher: the label map covers the whole image.
+
+    Args:
+        image: uint8 Tensor[3, H, W] (:func:`decode_image`).
+        size: the side of the square.
+    """
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    # The whole image, squashed to a square as ReLabel does: the map covers the image.
     return F.resize(image, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
@@ -72,7 +79,7 @@ class _Images:
         except ImageDecodeError as e:
             empty = tuple(torch.zeros(3, r, r, dtype=torch.uint8) for r in self.resolutions)
             return index, empty, str(e)
-        return index, tuple(_resize(image, r) for r in self.resolutions), ""
+        return index, tuple(resize_square(image, r) for r in self.resolutions), ""
 
 
 def _collate(items):
@@ -101,6 +108,8 @@ def _torchvision_batches(paths, indices, resolutions, batch_size, workers, pin) 
 def _dali_batches(paths, indices, resolutions, batch_size, workers, device) -> Iterator:
     """The same batches from a DALI pipeline (GPU decoding when ``device`` is CUDA)."""
     import torch
+
+    require_dali("generate's DALI decoder (decoder='dali')")
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 

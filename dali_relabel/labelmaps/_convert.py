@@ -1,4 +1,4 @@
-"""`dali-relabel convert`: the official ReLabel release (one ``.pt`` per image) into a store.
+"""The official ReLabel release (one ``.pt`` per image) into a store (``dali-relabel convert``).
 
 The official release (Yun et al., CVPR 2021; github.com/naver-ai/relabel_imagenet)
 holds ``root/<wnid>/<image stem>.pt``: ``torch.save`` of a float32 tensor
@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from dali_relabel.errors import LabelMapFormatError
+from dali_relabel import _checks
+from dali_relabel.errors import LabelMapFormatError, NotFoundError
+from dali_relabel.imagenet import imagenet_wnids
 from dali_relabel.store import DEFAULT_SHARD_SIZE, LabelMapStore, LabelMapWriter
 
 __all__ = ["LAYOUTS", "convert", "find_label_map_files", "load_label_map_file"]
@@ -39,7 +41,7 @@ def find_label_map_files(src: str | Path) -> list[tuple[str, Path]]:
     """
     root = Path(src)
     if not root.is_dir():
-        raise FileNotFoundError(f"source {str(src)!r} is not a folder of .pt label maps")
+        raise NotFoundError(f"source {str(src)!r} is not a folder of .pt label maps")
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames.sort()
@@ -164,10 +166,9 @@ def convert(
     """
     from tqdm.auto import tqdm
 
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if num_classes is not None and num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    _checks.one_of("layout", layout, LAYOUTS)
+    if num_classes is not None:
+        _checks.positive_int("num_classes", num_classes)
     files = find_label_map_files(src)
     first_scores, _ = load_label_map_file(
         files[0][1], num_classes=num_classes, topk=topk, layout=layout
@@ -179,8 +180,6 @@ def convert(
         first = torch.load(files[0][1], map_location="cpu", weights_only=True)
         num_classes = int(first.shape[0]) if first.ndim == 3 else 1000
     if class_names is None and num_classes == 1000:
-        from dali_relabel.imagenet import imagenet_wnids
-
         class_names = imagenet_wnids()
     writer = LabelMapWriter.create(
         out,
@@ -196,8 +195,7 @@ def convert(
     )
     missing = writer.missing_blocks()
     workers = max(1, os.cpu_count() or 1) if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    _checks.positive_int("workers", workers)
     done = len(files) - sum(stop - start for start, stop in missing)
     args: dict[str, Any] = {"num_classes": num_classes, "topk": topk, "layout": layout}
     with tqdm(

