@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dali_relabel.bench import machine  # what the numbers were measured on
+from dali_relabel.tools import machine  # what the numbers were measured on
 
 __all__ = ["emit", "machine", "time_windows"]
 

@@ -101,7 +101,7 @@ def _rate(pipe, args) -> dict[str, float]:
 def main(argv=None) -> dict:
     import torch
 
-    from dali_relabel.sample import make_sample_data
+    from dali_relabel.tools import make_sample_data
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)

@@ -54,7 +54,7 @@ def main() -> None:
         load_teacher,
         resize_square,
     )
-    from dali_relabel.sample import make_sample_data
+    from dali_relabel.tools import make_sample_data
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

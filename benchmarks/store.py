@@ -28,7 +28,7 @@ from _common import emit, machine, time_windows
 
 from dali_relabel import LabelMapStore
 from dali_relabel.labelmaps import convert
-from dali_relabel.sample import _synthetic_label_map
+from dali_relabel.tools import synthetic_label_map
 
 IMAGENET_TRAIN = 1_281_167
 
@@ -40,7 +40,7 @@ def _official_files(root: Path, n: int, seed: int = 0) -> list[Path]:
         wnid = f"n{i % 100:08d}"
         (root / wnid).mkdir(parents=True, exist_ok=True)
         label = int(rng.integers(1000))
-        lm = _synthetic_label_map(label, rng, k=5, grid=(15, 15), num_classes=1000)
+        lm = synthetic_label_map(label, rng, k=5, grid=(15, 15), num_classes=1000)
         path = root / wnid / f"{wnid}_{i}.pt"
         torch.save(torch.from_numpy(lm), path)
         paths.append(path)

@@ -1,4 +1,4 @@
-"""Throughput benchmark; the implementation is `dali_relabel.bench` (also `dali-relabel bench`).
+"""Throughput benchmark: `dali-relabel bench` (dali_relabel.tools.benchmark_throughput).
 
 Usage: python benchmarks/throughput.py [--images-per-class 100] [--batch-size 64]
                                        [--out-dir runs/bench] [--device cpu|cuda] [--paths ...]
@@ -6,7 +6,7 @@ Usage: python benchmarks/throughput.py [--images-per-class 100] [--batch-size 64
 
 import sys
 
-from dali_relabel.bench import main
+from dali_relabel.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

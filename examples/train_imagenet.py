@@ -33,7 +33,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 def sample_data(folder: Path) -> tuple[Path, Path]:
     """The real-photo sample and its label maps in a store: (train folder, store path)."""
     from dali_relabel.labelmaps import convert
-    from dali_relabel.sample import make_sample_data
+    from dali_relabel.tools import make_sample_data
 
     data = make_sample_data(folder, images_per_class=8, label_maps=True)
     # the sample's maps are written in image orientation already: layout "hw"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dali_relabel.imagenet import imagenet_wnids
-from dali_relabel.sample import SampleData, make_sample_data
 from dali_relabel.store import LabelMapStore, LabelMapWriter
+from dali_relabel.tools import SampleData, make_sample_data
 
 
 def pytest_collection_modifyitems(config, items):

@@ -30,8 +30,8 @@ from dali_relabel.labelmaps import (
     resize_square,
 )
 from dali_relabel.ops.label_pooling import relabel_targets
-from dali_relabel.sample import load_photo
 from dali_relabel.store import LabelMapStore, LabelMapWriter
+from dali_relabel.tools import load_photo
 
 CAT = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 CUP = {967, 968, 504}  # espresso, cup, coffee mug

@@ -11,7 +11,7 @@ from PIL import Image
 
 from dali_relabel.cli import main
 from dali_relabel.imagenet import imagenet_class_names, imagenet_wnids
-from dali_relabel.sample import PHOTOS, load_photo, make_sample_data
+from dali_relabel.tools import PHOTOS, load_photo, make_sample_data
 
 
 def _digest(root):

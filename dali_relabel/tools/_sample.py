@@ -22,9 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dali_relabel import _checks
+from dali_relabel._deps import require
 from dali_relabel.constants import DEFAULT_GRID, DEFAULT_TOPK, IMAGENET_NUM_CLASSES
+from dali_relabel.errors import ArgumentError
 
-__all__ = ["PHOTOS", "SampleData", "load_photo", "make_sample_data"]
+__all__ = ["PHOTOS", "SampleData", "load_photo", "make_sample_data", "synthetic_label_map"]
 
 #: scikit-image photo -> (WordNet id, ImageNet-1k index) of the class it shows.
 PHOTOS: dict[str, tuple[str, int]] = {
@@ -61,14 +64,12 @@ def load_photo(name: str) -> np.ndarray:
     Args:
         name: a key of :data:`PHOTOS`.
     """
-    import skimage.data
-
-    if name not in PHOTOS:
-        raise ValueError(f"photo must be one of {sorted(PHOTOS)}, got {name!r}")
+    _checks.one_of("photo", name, sorted(PHOTOS))
+    skimage_data = require("skimage.data", extra="tools", needed_by="the sample photos")
     if name == "motorcycle":
-        photo = skimage.data.stereo_motorcycle()[0]  # the left view of a stereo pair
+        photo = skimage_data.stereo_motorcycle()[0]  # the left view of a stereo pair
     else:
-        photo = getattr(skimage.data, name)()
+        photo = getattr(skimage_data, name)()
     return np.ascontiguousarray(photo[..., :3])
 
 
@@ -88,7 +89,7 @@ def _random_view(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(crop.resize(size, Image.BICUBIC))
 
 
-def _synthetic_label_map(
+def synthetic_label_map(
     label: int,
     rng: np.random.Generator,
     *,
@@ -96,7 +97,19 @@ def _synthetic_label_map(
     grid: tuple[int, int],
     num_classes: int,
 ) -> np.ndarray:
-    """A float32 [2, k, H, W] map in the official format: own class strong in a blob."""
+    """A synthetic label map in the official release's format, float32 [2, k, H, W].
+
+    ``[0]`` holds top-k logits sorted per cell, ``[1]`` their class indices as floats;
+    ``label`` dominates a blob at a random place, so that pooling over different crops
+    gives different targets.
+
+    Args:
+        label: the image's class, the top class inside the blob.
+        rng: where the blob, the other classes and the noise come from.
+        k: classes per cell.
+        grid: (H, W) of the map.
+        num_classes: the number of classes the others are drawn from.
+    """
     gh, gw = grid
     others = rng.choice(np.delete(np.arange(num_classes), label), size=k - 1, replace=False)
     cy, cx = rng.uniform(0, gh), rng.uniform(0, gw)
@@ -144,15 +157,15 @@ def make_sample_data(
     from PIL import Image
 
     if images_per_class < 1:
-        raise ValueError(f"images_per_class must be >= 1, got {images_per_class}")
+        raise ArgumentError(f"images_per_class must be >= 1, got {images_per_class}")
     photos = tuple(PHOTOS) if photos is None else tuple(photos)
     unknown = [p for p in photos if p not in PHOTOS]
     if unknown:
-        raise ValueError(f"photos must be keys of {sorted(PHOTOS)}, got unknown {unknown}")
+        raise ArgumentError(f"photos must be keys of {sorted(PHOTOS)}, got unknown {unknown}")
     if label_maps:
         too_big = [p for p in photos if PHOTOS[p][1] >= num_classes]
         if too_big or k > num_classes:
-            raise ValueError(
+            raise ArgumentError(
                 f"num_classes={num_classes} is too small for k={k} and the photos' ImageNet "
                 f"classes {[PHOTOS[p][1] for p in photos]}; use num_classes=1000"
             )
@@ -176,7 +189,7 @@ def make_sample_data(
                 import torch
 
                 (map_root / wnid).mkdir(parents=True, exist_ok=True)
-                lm = _synthetic_label_map(label, rng, k=k, grid=grid, num_classes=num_classes)
+                lm = synthetic_label_map(label, rng, k=k, grid=grid, num_classes=num_classes)
                 torch.save(torch.from_numpy(lm), map_root / wnid / f"{stem}.pt")
             keys.append(f"{wnid}/{stem}")
             labels.append(label)
