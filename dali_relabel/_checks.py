@@ -14,7 +14,7 @@ import numpy as np
 
 from dali_relabel.errors import ArgumentError
 
-__all__ = ["at_least", "one_of", "positive_int", "positive_number"]
+__all__ = ["at_least", "device", "one_of", "positive_int", "positive_number"]
 
 
 def _is_int(value: Any) -> bool:
@@ -54,3 +54,15 @@ def one_of(name: str, value: Any, choices: Sequence[Any]) -> Any:
         listed = ", ".join(map(repr, choices))
         raise ArgumentError(f"{name} must be one of {listed}, got {value!r}")
     return value
+
+
+def device(name: str, value: Any) -> Any:
+    """``value`` as a ``torch.device`` ("cpu", "cuda", "cuda:1" or a device)."""
+    import torch
+
+    try:
+        return torch.device(value)
+    except (RuntimeError, TypeError) as e:
+        raise ArgumentError(
+            f"{name} must be a torch device such as 'cpu' or 'cuda:0', got {value!r}"
+        ) from e

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 __all__ = [
-    "DEFAULT_CROP_SIZE",
-    "DEFAULT_EVAL_RESIZE",
     "DEFAULT_GRID",
     "DEFAULT_TOPK",
     "IMAGENET_MEAN",
@@ -23,10 +21,6 @@ IMAGENET_NUM_CLASSES = 1000
 #: RandomResizedCrop's area fraction and aspect-ratio ranges (torchvision defaults).
 RRC_SCALE: tuple[float, float] = (0.08, 1.0)
 RRC_RATIO: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
-
-DEFAULT_CROP_SIZE = 224
-#: Shorter side before the center crop in evaluation (224 / 0.875).
-DEFAULT_EVAL_RESIZE = 256
 
 #: The official ReLabel release: top-5 classes on a 15x15 grid.
 DEFAULT_TOPK = 5

@@ -20,7 +20,7 @@ from PIL import Image
 
 from dali_relabel import ReLabelLoader
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD
-from dali_relabel.errors import ImageDecodeError, StoreMismatchError
+from dali_relabel.errors import ArgumentError, ImageDecodeError, StoreMismatchError
 from dali_relabel.imagenet import imagenet_wnids
 from dali_relabel.store import LabelMapWriter
 
@@ -508,9 +508,10 @@ def test_empty_folders_and_bad_arguments(sample_data, tmp_path):
         ({"temperature": float("nan")}, r"temperature must be a finite number > 0, got nan"),
         ({"mean": (0.5, 0.5)}, r"mean must be three numbers .*got \(0\.5, 0\.5\)"),
         ({"std": (0.2, 0.0, 0.2)}, r"std must be three numbers > 0 .*got \(0\.2, 0\.0, 0\.2\)"),
+        ({"device": "xyz"}, r"device must be a torch device such as 'cpu'.*got 'xyz'"),
     ]
     for kwargs, message in bad:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ArgumentError, match=message):  # also a ValueError
             ReLabelLoader(sample_data.train, None, 8, **{**FAST, **kwargs})
 
 

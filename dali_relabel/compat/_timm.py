@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD
+from dali_relabel.errors import ArgumentError
 from dali_relabel.loader import ReLabelLoader
 from dali_relabel.store import LabelMapStore
 
@@ -67,7 +68,7 @@ def create_loader(
     size = input_size if isinstance(input_size, int) else tuple(input_size)[-2:]
     if not isinstance(size, int):
         if size[0] != size[1]:
-            raise ValueError(f"input_size must be square, got {tuple(input_size)}")
+            raise ArgumentError(f"input_size must be square, got {tuple(input_size)}")
         size = int(size[0])
     # timm's eval transform: floor(size / crop_pct), crop_pct 0.875 by default. The loader's
     # own default rounds instead (343 against timm's 342 for 300 px), so it is not used.

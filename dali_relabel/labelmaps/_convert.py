@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dali_relabel import _checks
+from dali_relabel.constants import IMAGENET_NUM_CLASSES
 from dali_relabel.errors import LabelMapFormatError, NotFoundError
 from dali_relabel.imagenet import imagenet_wnids
 from dali_relabel.store import DEFAULT_SHARD_SIZE, LabelMapStore, LabelMapWriter
@@ -85,7 +86,7 @@ def load_label_map_file(
         if not np.isfinite(raw_classes).all() or (raw_classes != np.round(raw_classes)).any():
             raise LabelMapFormatError(f"{path}: class indices [1] are not all integers")
         classes = raw_classes.astype(np.int64)
-        limit = 1000 if num_classes is None else num_classes
+        limit = IMAGENET_NUM_CLASSES if num_classes is None else num_classes
     elif arr.ndim == 3:
         c = arr.shape[0]
         if num_classes is not None and c != num_classes:
@@ -178,8 +179,8 @@ def convert(
         import torch
 
         first = torch.load(files[0][1], map_location="cpu", weights_only=True)
-        num_classes = int(first.shape[0]) if first.ndim == 3 else 1000
-    if class_names is None and num_classes == 1000:
+        num_classes = int(first.shape[0]) if first.ndim == 3 else IMAGENET_NUM_CLASSES
+    if class_names is None and num_classes == IMAGENET_NUM_CLASSES:
         class_names = imagenet_wnids()
     writer = LabelMapWriter.create(
         out,

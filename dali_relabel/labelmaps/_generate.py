@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dali_relabel import _checks
-from dali_relabel.constants import DEFAULT_TOPK
+from dali_relabel.constants import DEFAULT_TOPK, IMAGENET_NUM_CLASSES
 from dali_relabel.errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -197,7 +197,7 @@ def generate_label_maps(
     keys = [key for key, _ in samples]
     paths = [path for _, path in samples]
 
-    device = torch.device(device or _default_device())
+    device = _checks.device("device", device or _default_device())
     teachers = [
         t.to(device).eval() for t in _as_teachers(teacher, features, classifier, checkpoint)
     ]
@@ -248,7 +248,7 @@ def generate_label_maps(
         "grid": grid,
         "score_dtype": score_dtype,
         "score_kind": scores,
-        "class_names": imagenet_wnids() if n_classes == 1000 else None,
+        "class_names": imagenet_wnids() if n_classes == IMAGENET_NUM_CLASSES else None,
         "provenance": provenance,
         "shard_size": shard_size,
     }

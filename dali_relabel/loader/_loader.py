@@ -369,7 +369,7 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
-    device = torch.device(device)
+    device = _checks.device("device", device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ArgumentError(f"device={device} but CUDA is not available; use device='cpu'")
