@@ -5,7 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 # torch and torchvision are pinned here, not in pyproject: these builds lie on the
-# project's machines, any other version downloads several GB.
+# project's machines, any other version downloads several GB. The extras: DALI for CUDA 13
+# (this machine's build; `cuda12` on a CUDA 12 driver), the tools (demo, pictures, the
+# default teacher) and the test tools.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install demo test lint format bench clean
@@ -16,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[dev]' $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[cuda13,tools,dev]' $(TORCH_PINS)
 	touch $(STAMP)
 
 demo: $(STAMP)
