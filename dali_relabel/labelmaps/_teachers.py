@@ -124,7 +124,7 @@ class DenseTeacher(nn.Module):
     # -- geometry -------------------------------------------------------------------
     def _noise(self, size: int) -> Tensor:
         # Noise, not zeros: a constant image drives some nets into denormal floats, which
-        # are 10-50x slower on CPUs.
+        # are an order of magnitude slower on CPUs.
         gen = torch.Generator().manual_seed(0)
         return torch.rand(1, 3, size, size, generator=gen).to(self._mean.device)
 
