@@ -35,13 +35,11 @@ Assemble = Callable[[Any, np.ndarray, Any, bool], tuple[torch.Tensor, ...]]
 
 
 class Epochs:
-    """Runs a loader's epochs; ``epochs.run(e)`` is the iterator of epoch ``e``.
+    """Runs a loader's epochs; ``epochs.run(e, build)`` is the iterator of epoch ``e``.
 
     Args:
         sampler: the sample indices of each epoch; its ``epoch`` is the one that runs
             next, which is the one started ahead.
-        build: builds the pipeline that reads given samples once (the loader's
-            ``build_pipeline``).
         assemble: makes a batch from one iteration's outputs (a BatchAssembler).
         label_maps: the samples' label maps, read ahead when they are streamed; None
             for hard targets.
@@ -56,7 +54,6 @@ class Epochs:
         self,
         sampler: ShardSampler,
         *,
-        build: BuildPipeline,
         assemble: Assemble,
         label_maps: LabelMaps | None,
         dataset: ImageFolderList,
@@ -65,7 +62,6 @@ class Epochs:
         seeded: bool,
     ) -> None:
         self._sampler = sampler
-        self._build = build
         self._assemble = assemble
         self._label_maps = label_maps
         self._dataset = dataset
@@ -80,15 +76,22 @@ class Epochs:
             return samples // self._batch_size
         return -(-samples // self._batch_size)
 
-    def run(self, epoch: int) -> Epoch:
-        """One pass over the sampler's indices of ``epoch``."""
+    def run(self, epoch: int, build: BuildPipeline) -> Epoch:
+        """One pass over the sampler's indices of ``epoch``.
+
+        Args:
+            epoch: the epoch to run.
+            build: builds the pipeline that reads given samples once (the loader's
+                ``build_pipeline``, looked up per epoch); the next epoch, started ahead,
+                is built with it too.
+        """
         order = self._sampler.indices(epoch)
         ahead, self._ahead = self._ahead, None
         same_epoch = ahead is not None and (ahead.epoch == epoch or not self._seeded)
         if same_epoch and np.array_equal(ahead.order, order):
             run = ahead
         else:
-            run = self._start(epoch, order)
+            run = self._start(build, epoch, order)
         read_ahead = None
         if self._label_maps is not None:
             batch_size = self._batch_size
@@ -100,20 +103,20 @@ class Epochs:
             self._batch_size,
             self._assemble,
             read_ahead,
-            on_last_scheduled=self._start_ahead,
+            on_last_scheduled=lambda: self._start_ahead(build),
             explain=self._explain,
         )
 
-    def _start(self, epoch: int, order: np.ndarray) -> _Run:
-        return _Run(self._build, epoch, order, self.num_batches(len(order)))
+    def _start(self, build: BuildPipeline, epoch: int, order: np.ndarray) -> _Run:
+        return _Run(build, epoch, order, self.num_batches(len(order)))
 
-    def _start_ahead(self) -> None:
+    def _start_ahead(self, build: BuildPipeline) -> None:
         """Start the epoch that runs next while this one hands out its last batches."""
         if self._ahead is not None:
             return
         epoch = self._sampler.epoch
         try:
-            self._ahead = self._start(epoch, self._sampler.indices(epoch))
+            self._ahead = self._start(build, epoch, self._sampler.indices(epoch))
         except Exception:  # the same error comes back when that epoch runs
             self._ahead = None
 

@@ -259,10 +259,6 @@ class ReLabelLoader:
         )
         self._epochs = Epochs(
             self.sampler,
-            # looked up per epoch: a subclass or a wrapper of build_pipeline is what runs
-            build=lambda order, epoch, depth: self.build_pipeline(
-                order, epoch, prefetch_queue_depth=depth
-            ),
             assemble=self._assemble,
             label_maps=maps,
             dataset=self.dataset,
@@ -306,7 +302,11 @@ class ReLabelLoader:
     def __iter__(self) -> Epoch:
         epoch = self.sampler.epoch
         self.sampler.epoch = epoch + 1
-        return self._epochs.run(epoch)
+        # looked up per epoch: what a subclass or a wrapper of build_pipeline builds runs
+        build = self.build_pipeline
+        return self._epochs.run(
+            epoch, lambda order, e, depth: build(order, e, prefetch_queue_depth=depth)
+        )
 
     def build_pipeline(
         self, order: np.ndarray, epoch: int = 0, *, prefetch_queue_depth: int = PREFETCH_DEPTH
