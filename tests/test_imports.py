@@ -38,6 +38,7 @@ def test_without_dali_the_loader_names_the_extra_to_install():
         "import sys; sys.modules['nvidia.dali'] = None\n"
         "import dali_relabel  # the store and the op need no DALI\n"
         "from dali_relabel import LabelMapStore, relabel_targets\n"
+        "from dali_relabel.labelmaps import convert, ensemble_label_maps, generate_label_maps\n"
         "try:\n"
         "    from dali_relabel import ReLabelLoader\n"
         "except ImportError as e:\n"
