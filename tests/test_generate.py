@@ -263,29 +263,32 @@ class _Stride32(_Stride16):
         self.features = nn.Sequential(nn.Conv2d(3, 16, 32, stride=32), nn.ReLU())
 
 
-def test_teachers_of_one_resolution_share_one_decoded_image(images, tmp_path, lite0, monkeypatch):
-    import dali_relabel.labelmaps._generate as gen
-
-    asked = []
-
-    def recording(decoder, paths, indices, resolutions, *args):
-        asked.append(list(resolutions))
-        return real(decoder, paths, indices, resolutions, *args)
-
-    real = gen.image_batches
-    monkeypatch.setattr(gen, "image_batches", recording)
+@pytest.mark.parametrize("decoder", ["torchvision", "dali"])
+def test_teachers_of_one_resolution_share_one_decoded_image(images, tmp_path, lite0, decoder):
+    # Two teachers at one size are fed one decoded image of that size, with either decoder
+    # (DALI's iterator refused the repeated output names of two stride-32 teachers at 480).
+    if decoder == "dali":
+        pytest.importorskip("nvidia.dali")
     small = dense_teacher(_Stride32().eval(), name="stride32")
     out = generate_label_maps(
-        images, tmp_path / "same.zarr", [lite0, small], resolution=96, workers=0, progress=False
+        images,
+        tmp_path / "same.zarr",
+        [lite0, small],
+        resolution=96,
+        decoder=decoder,
+        workers=1 if decoder == "dali" else 0,
+        device="cpu",
+        progress=False,
     )
-    # One image per distinct size: the DALI decoder names its outputs, and refuses repeats.
-    assert asked == [[96]]
     key = "n02124075/composite"
     x = resize_square(decode_image(images / f"{key}.JPEG"), 96).float()[None] / 255
     with torch.inference_mode():
         want = ((lite0(x).double() + small(x).double()) / 2)[0].topk(5, dim=0)
-    scores, _ = out.read([out.index(key)])
-    np.testing.assert_allclose(scores[0], want.values.numpy(), rtol=1e-3, atol=1e-2)
+    scores, classes = out.read([out.index(key)])
+    if decoder == "torchvision":  # the very pixels of the reference: the very scores
+        np.testing.assert_allclose(scores[0], want.values.numpy(), rtol=1e-3, atol=1e-2)
+    else:  # another JPEG decoder and resize: the same best class nearly everywhere
+        assert (classes[0, 0] == want.indices[0].numpy()).mean() > 0.8
 
 
 def test_dali_decoder_gives_nearly_the_same_maps(images, tmp_path, store, lite0):
