@@ -17,6 +17,7 @@ __all__ = [
     "ImageDecodeError",
     "KeyNotFoundError",
     "LabelMapFormatError",
+    "LoaderStateError",
     "MissingDependencyError",
     "NotFoundError",
     "SampleIndexError",
@@ -71,6 +72,11 @@ class ClassTableError(DaliRelabelError, ValueError):
 
 class ImageDecodeError(DaliRelabelError, RuntimeError):
     """An image that cannot be decoded."""
+
+
+class LoaderStateError(DaliRelabelError, ValueError):
+    """A loader state (``load_state_dict``) that another loader wrote: other seed, world
+    size, dataset or batch size, whose batches would not continue the interrupted epoch."""
 
 
 # -- label-map stores -----------------------------------------------------------------

@@ -8,20 +8,26 @@ favouring class A on the red half (an x/y swap or a wrong mirror fails).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
+import os
 import shutil
 import time
+import weakref
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data.distributed import DistributedSampler
 
 from dali_relabel import ReLabelLoader
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD
 from dali_relabel.errors import ArgumentError, ImageDecodeError, StoreMismatchError
 from dali_relabel.imagenet import imagenet_wnids
+from dali_relabel.loader import EVAL_OUTPUTS, TRAIN_OUTPUTS
+from dali_relabel.loader._epoch import PREFETCH_DEPTH
 from dali_relabel.store import LabelMapWriter
 
 CROP = 64
@@ -111,33 +117,55 @@ def _coded_loader(coded, **kwargs):
     return ReLabelLoader(coded / "train", coded / "maps.zarr", **args)
 
 
-class _Pipelines:
-    """Records the pipelines a loader builds (through its public build_pipeline), as
-    [epoch, DALI iterations scheduled] each: the first schedule_run fills the prefetch
-    queue, every later one schedules one more iteration."""
+class _Spy:
+    """Wraps a loader's public build_pipeline: counts the pipelines built, and records the
+    sample indices fed to each DALI iteration and the outputs (by name, images left out)
+    of each iteration taken from DALI, whether yielded or dropped."""
 
     def __init__(self, loader, monkeypatch):
-        self.built: list[list[int]] = []
+        self.built = 0
+        self.batch_size = None
+        self.fed: list[list[int]] = []
+        self.taken: list[dict[str, np.ndarray]] = []
         build = loader.build_pipeline
+        names = TRAIN_OUTPUTS if loader.train else EVAL_OUTPUTS
 
-        def recording(order, epoch=0, *, prefetch_queue_depth=2):
-            pipe = build(order, epoch, prefetch_queue_depth=prefetch_queue_depth)
-            entry = [epoch, 0]
-            self.built.append(entry)
-            schedule_run = pipe.schedule_run
+        def spying(**kwargs):
+            pipe = build(**kwargs)
+            self.built += 1
+            self.batch_size = pipe.max_batch_size
+            feed_input, outputs = pipe.feed_input, pipe.outputs
 
-            def counted():
-                entry[1] += prefetch_queue_depth if entry[1] == 0 else 1
-                schedule_run()
+            def feeding(name, data, *args, **kw):
+                if name == "indices":
+                    self.fed.append(np.asarray(data).tolist())
+                return feed_input(name, data, *args, **kw)
 
-            pipe.schedule_run = counted
+            def taking(*args, **kw):
+                out = outputs(*args, **kw)
+                named = dict(zip(names, out, strict=True))
+                self.taken.append(
+                    {n: np.array(o.as_array()) for n, o in named.items() if n != "images"}
+                )
+                return out
+
+            pipe.feed_input, pipe.outputs = feeding, taking
             return pipe
 
-        monkeypatch.setattr(loader, "build_pipeline", recording)
+        monkeypatch.setattr(loader, "build_pipeline", spying)
 
-    @property
-    def epochs(self) -> list[int]:
-        return [epoch for epoch, _ in self.built]
+    def taken_indices(self) -> list[list[int]]:
+        return [t["indices"].reshape(-1).tolist() for t in self.taken]
+
+
+def _threads() -> int:
+    """Threads of this process, DALI's native ones included, tensorstore's shared pool
+    left out (it grows on demand up to its own bound, whoever reads)."""
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/comm") as f:
+            names.append(f.read().strip())
+    return sum(name != "ts_pool_worker" for name in names)
 
 
 def test_two_epochs_cover_everything_in_new_orders(coded):
@@ -175,35 +203,91 @@ def test_set_epoch_after_a_pipeline_was_started_ahead(coded):
     assert ids_7 == _run(fresh)[0]
 
 
-def test_next_epoch_started_ahead_gives_a_fresh_loaders_batches(coded, monkeypatch):
-    ahead = _coded_loader(coded, seed=3)
-    pipelines = _Pipelines(ahead, monkeypatch)
-    _run(ahead)  # epoch 0
-    assert pipelines.epochs == [0, 1]  # epoch 1 started while epoch 0 ended
-    ids, images = _run(ahead)  # epoch 1, from the pipeline started ahead
-    assert pipelines.epochs == [0, 1, 2]  # epoch 1 not built again
+def test_one_pipeline_runs_every_epoch_fed_ahead_across_epoch_ends(coded, monkeypatch):
+    loader = _coded_loader(coded, seed=3)  # 30 samples: batches of 8, 8, 8, 6
+    spy = _Spy(loader, monkeypatch)
+    epochs = [_run(loader) for _ in range(3)]
+    assert spy.built == 1  # built at the first epoch, kept for the others
+    # every iteration fed was yielded, in order, the last one of an epoch smaller (no
+    # padding); only epoch 3's first batches are in flight, fed while epoch 2 ended
+    yielded = spy.taken_indices()
+    assert spy.fed[: len(yielded)] == yielded and len(spy.fed) == len(yielded) + PREFETCH_DEPTH
+    assert [len(b) for b in yielded] == [8, 8, 8, 6] * 3
+    assert [i for b in yielded for i in b] == [i for ids, _ in epochs for i in ids]  # pixels
+    order_3 = loader.sampler.indices(3).tolist()
+    assert spy.fed[len(yielded) :] == [order_3[:8], order_3[8:16]]
+    # an epoch from batches fed ahead is a fresh loader's epoch: same order, crops, flips
     fresh = _coded_loader(coded, seed=3)
     fresh.set_epoch(1)
     fresh_ids, fresh_images = _run(fresh)
-    assert ids == fresh_ids
-    for x, y in zip(images, fresh_images, strict=True):
-        torch.testing.assert_close(x, y, rtol=0, atol=0)  # same crops and flips
+    assert epochs[1][0] == fresh_ids
+    for x, y in zip(epochs[1][1], fresh_images, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
-    ("batch_size", "kwargs"),
-    [(CODED_N, {}), (16, {"drop_last": True}), (16, {}), (32, {"train": False})],
+    ("batch_size", "kwargs", "sizes"),
+    [
+        (CODED_N, {}, [CODED_N]),
+        (1000, {}, [CODED_N]),  # above the dataset: one batch, never decoded as padding
+        (16, {"drop_last": True}, [16]),
+        (16, {}, [16, 14]),
+        (1000, {"train": False}, [CODED_N]),
+    ],
 )
-def test_short_epochs_run_no_batch_past_their_end(coded, batch_size, kwargs, monkeypatch):
-    """A pipeline prefetches its queue's depth at once: never more than the epoch holds."""
+def test_nothing_is_padded_or_decoded_twice(coded, batch_size, kwargs, sizes, monkeypatch):
     loader = _coded_loader(coded, batch_size=batch_size, **kwargs)
-    pipelines = _Pipelines(loader, monkeypatch)
-    for epoch in range(2):
-        ids, outs = _run(loader)
-        assert len(outs) == len(loader) and len(ids) == min(len(loader) * batch_size, CODED_N)
-        assert pipelines.epochs[-1] == epoch + 1  # the next epoch's pipeline, started ahead
-        # iterations DALI was asked to run, per pipeline: no more than an epoch's batches
-        assert all(scheduled <= len(loader) for _, scheduled in pipelines.built)
+    spy = _Spy(loader, monkeypatch)
+    for _ in range(2):
+        _, outs = _run(loader)
+        assert (
+            [len(x) for x in outs] == sizes == [len(b) for b in spy.taken_indices()[-len(sizes) :]]
+        )
+    assert spy.batch_size == min(batch_size, CODED_N)  # the pipeline's batch is clamped
+    assert len(spy.fed) == 2 * len(sizes) + PREFETCH_DEPTH  # the two epochs, the next in flight
+
+
+def test_eval_batches_fed_ahead_serve_any_epoch(coded, monkeypatch):
+    loader = _coded_loader(coded, train=False)
+    spy = _Spy(loader, monkeypatch)
+    for _ in range(3):
+        loader.set_epoch(0)  # scripts often pin their eval loader's epoch
+        assert _run(loader)[0] == list(range(CODED_N))
+    assert spy.built == 1
+    assert len(spy.taken) == 3 * len(loader)  # no batch in flight was dropped
+
+
+@pytest.mark.parametrize("memory", ["host", "stream"])
+def test_broken_off_epochs_are_freed_at_once_and_drop_at_most_the_queue(coded, memory, monkeypatch):
+    loader = _coded_loader(coded, label_map_memory=memory, seed=4)
+    spy = _Spy(loader, monkeypatch)
+    gc.collect()
+    gc.disable()  # nothing may rely on the cyclic garbage collector
+    try:
+        for k in range(20):
+            epoch = iter(loader)
+            images, soft, _ = next(epoch)
+            assert soft.argmax(1).tolist() == _decode_ids(images)
+            alive = weakref.ref(epoch)
+            del epoch, images, soft
+            assert alive() is None  # no reference cycle keeps an abandoned epoch
+            if k == 0:
+                threads = _threads()
+        assert _threads() == threads  # no thread started per epoch
+        # each break dropped the batches in flight, at most the queue's depth
+        assert spy.built == 1 and len(spy.taken) <= 20 * (1 + PREFETCH_DEPTH)
+        # and left nothing behind: the next epoch is a fresh loader's epoch 20
+        fresh = _coded_loader(coded, seed=4, label_map_memory=memory)
+        fresh.set_epoch(20)
+        assert _run(loader)[0] == _run(fresh)[0]
+        assert _threads() > threads
+        next(iter(fresh))  # broken off, batches of epoch 21 in flight
+        dropped = weakref.ref(fresh)
+        del fresh
+        assert dropped() is None  # a dropped loader goes at once, with its pipeline
+        assert _threads() == threads  # and its threads
+    finally:
+        gc.enable()
 
 
 def test_same_seed_and_epoch_same_batches(coded):
@@ -243,7 +327,9 @@ def test_train_shards_disjoint_and_covering(coded):
 def test_eval_shards_every_sample_once_without_padding(coded):
     ids = []
     for rank in range(4):
-        loader = _coded_loader(coded, train=False, rank=rank, world_size=4, batch_size=4)
+        loader = _coded_loader(
+            coded, train=False, rank=rank, world_size=4, batch_size=4, even_shards=False
+        )
         got, outs = _run(loader)
         assert len(outs) == len(loader) == 2
         assert got == list(range(rank, CODED_N, 4))  # sample order, no shuffle
@@ -251,17 +337,24 @@ def test_eval_shards_every_sample_once_without_padding(coded):
     assert sorted(ids) == list(range(CODED_N))
 
 
-def test_eval_reuses_the_pipeline_started_ahead_whatever_the_epoch(coded, monkeypatch):
-    loader = _coded_loader(coded, train=False)
-    built = []
-    original = loader.build_pipeline
-    monkeypatch.setattr(
-        loader, "build_pipeline", lambda *a, **k: built.append(a[1:2]) or original(*a, **k)
-    )
-    for _ in range(3):
-        loader.set_epoch(0)  # scripts often pin their eval loader's epoch
-        assert _run(loader)[0] == list(range(CODED_N))
-    assert len(built) == 4  # the first epoch's, then one started ahead per epoch
+@pytest.mark.parametrize("world_size", [2, 4, 7])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_eval_shards_are_distributed_samplers(coded, world_size, drop_last):
+    """Evaluation under world_size > 1: every rank the same number of batches, the samples
+    of DistributedSampler(shuffle=False) (padded with the first samples, or cut)."""
+    lengths = set()
+    for rank in range(world_size):
+        loader = _coded_loader(
+            coded, train=False, rank=rank, world_size=world_size, batch_size=3, drop_last=drop_last
+        )
+        reference = DistributedSampler(
+            range(CODED_N), world_size, rank, shuffle=False, drop_last=drop_last
+        )
+        ids, outs = _run(loader)
+        assert ids == list(reference) and len(loader.sampler) == len(reference)
+        assert len(outs) == len(loader) == -(-len(reference) // 3)  # the last batch kept
+        lengths.add(len(loader))
+    assert len(lengths) == 1
 
 
 def test_streamed_maps_join_the_same(coded):
@@ -493,8 +586,10 @@ def test_empty_folders_and_bad_arguments(sample_data, tmp_path):
         ReLabelLoader(tmp_path / "missing", None, 8)
     with pytest.raises(ValueError, match="needs label maps"):
         ReLabelLoader(sample_data.train, None, 8, targets="soft")
-    with pytest.raises(ValueError, match="drop_last=True drops evaluation samples"):
-        ReLabelLoader(sample_data.train, None, 8, train=False, drop_last=True)
+    with pytest.raises(ValueError, match="pass one of them"):
+        ReLabelLoader(sample_data.train, None, 8, drop_last=True, even_shards=False)
+    with pytest.raises(ValueError, match=r"batch_size=64 with drop_last=True and 40 samples"):
+        ReLabelLoader(sample_data.train, None, 64, drop_last=True)
     with pytest.raises(ValueError, match="targets must be one of"):
         ReLabelLoader(sample_data.train, None, 8, targets="dense")
     with pytest.raises(ValueError, match="rank must be in"):
@@ -509,6 +604,9 @@ def test_empty_folders_and_bad_arguments(sample_data, tmp_path):
         ({"mean": (0.5, 0.5)}, r"mean must be three numbers .*got \(0\.5, 0\.5\)"),
         ({"std": (0.2, 0.0, 0.2)}, r"std must be three numbers > 0 .*got \(0\.2, 0\.0, 0\.2\)"),
         ({"device": "xyz"}, r"device must be a torch device such as 'cpu'.*got 'xyz'"),
+        ({"seed": -1}, r"seed must be >= 0, got -1"),
+        ({"scale": (1.0, 0.08)}, r"scale must be \(low, high\) with 0 < low <= high, got \(1\.0"),
+        ({"ratio": (0.0, 1.0)}, r"ratio must be \(low, high\) .*got \(0\.0, 1\.0\)"),
     ]
     for kwargs, message in bad:
         with pytest.raises(ArgumentError, match=message):  # also a ValueError

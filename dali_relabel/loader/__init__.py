@@ -13,7 +13,9 @@ from dali_relabel._deps import require_dali
 require_dali("dali_relabel.loader (ReLabelLoader)")
 
 from dali_relabel.loader._graph import (  # noqa: E402  (after the check that names the extra)
+    EVAL_INPUTS,
     EVAL_OUTPUTS,
+    TRAIN_INPUTS,
     TRAIN_OUTPUTS,
     build_eval_pipeline,
     build_train_pipeline,
@@ -27,9 +29,11 @@ from dali_relabel.loader._sampler import ShardSampler  # noqa: E402
 
 __all__ = [
     "BAD_IMAGE",
+    "EVAL_INPUTS",
     "EVAL_OUTPUTS",
     "MEMORY",
     "TARGETS",
+    "TRAIN_INPUTS",
     "TRAIN_OUTPUTS",
     "ReLabelLoader",
     "ShardSampler",

@@ -1,12 +1,13 @@
 """One DALI iteration -> one batch: images, and targets joined by sample index.
 
-Every batch carries the sample indices of its images (the reader's labels, see
-:mod:`dali_relabel.loader._graph`). The targets are looked up by them: class labels in
-a tensor on the device, label maps through :class:`~dali_relabel.loader._label_maps.LabelMaps`
-(one gather), pooled over each image's crop box by
-:func:`~dali_relabel.ops.label_pooling.relabel_targets` on the images' device. The
-images reach torch through DLPack without a copy. docs/LOADER.md ("The join", "Keeping
-the per-batch cost near zero").
+Every batch carries the sample indices of its images (fed with the file paths and
+returned by the graph, see :mod:`dali_relabel.loader._graph`). The targets are looked up
+by them: class labels in a tensor on the device, label maps through
+:class:`~dali_relabel.loader._label_maps.LabelMaps` (one gather), pooled over each
+image's crop box by :func:`~dali_relabel.ops.label_pooling.relabel_targets` on the
+images' device. The images reach torch through DLPack without a copy; host data reaches
+a CUDA device from pinned memory (:mod:`._transfer`), so that no batch waits for the
+trainer's GPU work. docs/LOADER.md ("The join", "Keeping the per-batch cost near zero").
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from dali_relabel.loader._graph import LoaderGraph, sample_indices
 from dali_relabel.loader._label_maps import LabelMaps
+from dali_relabel.loader._transfer import to_device
 from dali_relabel.ops.label_pooling import relabel_targets
 
 __all__ = ["BatchAssembler"]
@@ -83,27 +85,25 @@ class BatchAssembler:
 
         Args:
             outputs: the pipeline's outputs of one iteration.
-            expected: the sample indices this batch must hold, in order (its length is
-                the batch's size: the padding of an epoch's last batch is cut off).
-            maps: the batch's (scores, classes), read ahead; None to gather them here.
+            expected: the sample indices this batch must hold, in order.
+            maps: the batch's (scores, classes), read on a thread; None to gather them here.
             exec_dynamic: DALI's dynamic executor made the outputs (own buffers per
                 iteration: images can be handed over without a copy).
         """
         named = self._graph.by_name(outputs)
-        count = len(expected)
-        indices = sample_indices(named, count)
+        indices = sample_indices(named)
         if not np.array_equal(indices, expected):
-            # The join below uses the indices DALI read, so targets stay right; the epoch's
-            # coverage would not, hence an error rather than a silent fix.
+            # The join below uses the indices DALI returned, so targets stay right; the
+            # epoch's coverage would not, hence an error rather than a silent fix.
             raise RuntimeError(
-                "DALI read the samples in another order than the loader's file list "
+                "DALI returned other samples than the loader fed it "
                 f"(first expected {expected[:4].tolist()}, got {indices[:4].tolist()}); "
                 "please report this"
             )
-        images = self._images(named["images"], exec_dynamic)[:count]
+        images = self._images(named["images"], exec_dynamic)
         if self._targets == "hard":
             return images, self._labels[self._to_device(indices)]
-        boxes, mirrors = self._graph.boxes(named, count)
+        boxes, mirrors = self._graph.boxes(named)
         if self._pooler is None:
             soft = self._soft_targets(indices, boxes, mirrors, maps)
         else:
@@ -136,11 +136,7 @@ class BatchAssembler:
         )
 
     def _to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
-        tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
-        # A blocking host-to-device copy synchronizes the stream: the loader would wait for
-        # the trainer's queued GPU work on every batch. From pageable memory, CUDA stages
-        # the bytes before the call returns, so the source may go right after.
-        return tensor.to(self._device, non_blocking=True)
+        return to_device(array, self._device)
 
     # -- images -----------------------------------------------------------------------
     def _images(self, tensor_list: Any, exec_dynamic: bool) -> torch.Tensor:

@@ -1,20 +1,24 @@
 """The loader's DALI graphs: RandomResizedCrop training and center-crop evaluation.
 
+One graph per loader, fed per batch from the host through ``fn.external_source`` inputs
+named :data:`TRAIN_INPUTS` / :data:`EVAL_INPUTS`: each sample's file path (read by
+``fn.io.file.read`` on DALI's threads), its *sample index* (the key on which labels and
+label maps are joined, returned as an output), and in training the random draws of its
+crop and flip (:mod:`._crops`). Batches may have any size up to the pipeline's batch
+size, so an epoch's last batch is just smaller: nothing is padded, nothing decoded twice.
+
 The training graph is torchvision's ``RandomResizedCrop`` + ``RandomHorizontalFlip``
-in DALI operators, split so that the crop window leaves the graph: ReLabel (Yun et al.,
-CVPR 2021) pools each image's label map over the same window. ``fn.decoders.image_random_crop``
-picks its window internally and cannot export it, so the graph is
+with the crop window leaving the graph: ReLabel (Yun et al., CVPR 2021) pools each
+image's label map over the same window. ``fn.decoders.image_random_crop`` picks its
+window internally and cannot export it, so the graph is
 
-    readers.file -> peek_image_shape -> random_crop_generator -> decoders.image_slice
-    -> resize -> crop_mirror_normalize (random mirror)
+    io.file.read -> peek_image_shape -> RandomResizedCrop window (in the graph, from the
+    host's draws) -> decoders.image_slice -> resize -> crop_mirror_normalize (mirror)
 
-and exports, per sample, the window (anchor and shape in pixels, HW order), the
-decoded image's shape and the mirror flag; :func:`train_boxes` turns them into
-normalized (x1, y1, x2, y2) boxes of the original image. The reader's label is the
-*sample index* (position in the file list the loader builds), the key on which
-labels and label maps are joined. :class:`LoaderGraph` is the graph of one loader: it
-builds an epoch's pipeline and reads a batch's outputs by name (never by position),
-turning the exported windows into boxes and mirror flags.
+and exports, per sample, the window (anchor and shape in pixels, HW order), the image's
+shape and the mirror flag; :func:`train_boxes` turns them into normalized (x1, y1, x2, y2)
+boxes of the original image. :class:`LoaderGraph` is the graph of one loader: its
+pipeline, a batch's inputs, and a batch's outputs read by name (never by position).
 
 Decoding runs on the GPU ("mixed") when a ``device_id`` is given and on the CPU
 otherwise. EXIF orientation is ignored, as Pillow (and so torchvision's ImageFolder and
@@ -26,8 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,9 +39,12 @@ from nvidia.dali import fn, pipeline_def, types
 from dali_relabel import _checks
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 from dali_relabel.errors import ArgumentError
+from dali_relabel.loader._crops import batch_generator, draw_crops, rrc_window
 
 __all__ = [
+    "EVAL_INPUTS",
     "EVAL_OUTPUTS",
+    "TRAIN_INPUTS",
     "TRAIN_OUTPUTS",
     "LoaderGraph",
     "build_eval_pipeline",
@@ -49,19 +55,30 @@ __all__ = [
     "train_boxes",
 ]
 
-#: Outputs of :func:`build_train_pipeline`, in order.
+#: Outputs of the training graph, in order.
 TRAIN_OUTPUTS = ("images", "indices", "anchors", "shapes", "image_shapes", "mirrors")
-#: Outputs of :func:`build_eval_pipeline`, in order.
+#: Outputs of the evaluation graph, in order.
 EVAL_OUTPUTS = ("images", "indices", "image_shapes")
-
-#: DALI reader name (for ``Pipeline.epoch_size``).
-READER_NAME = "reader"
-
-# Preallocation of the GPU decoder for ImageNet-sized JPEGs (DALI's ResNet-50 example).
-_MIXED_DECODER_ARGS = {"device_memory_padding": 211_025_920, "host_memory_padding": 140_544_512}
-# Beyond this many files a list file is written: DALI parses it in C++ an order of magnitude
-# faster than it takes a Python list of ImageNet's 1.28M files.
-_FILE_LIST_THRESHOLD = 20_000
+#: Inputs of the training graph, by name: file path (uint8 bytes), sample index (int64),
+#: and the crop and flip draws of :func:`~dali_relabel.loader._crops.draw_crops`.
+TRAIN_INPUTS = ("paths", "indices", "area", "ratio", "position", "mirror")
+#: Inputs of the evaluation graph.
+EVAL_INPUTS = ("paths", "indices")
+# (DALI type, dimensions per sample) of each input
+_INPUT_TYPES = {
+    "paths": (types.UINT8, 1),
+    "indices": (types.INT64, 0),
+    "area": (types.FLOAT64, 1),
+    "ratio": (types.FLOAT64, 1),
+    "position": (types.FLOAT64, 1),
+    "mirror": (types.INT32, 0),
+}
+# The "mixed" decoder keeps DALI's own preallocation (16 MiB of device memory and 2 x 8 MiB
+# of pinned host memory per thread, grown on demand to the largest image seen): the plain
+# DALI pipeline reached 25,000 images/s with it on an H200. DALI's ResNet-50 example
+# preallocates for the largest ImageNet image instead (211 MB device and 2 x 140 MB pinned
+# per thread): with 16 threads 3.4 GB of device memory and 4.5 GB of pinned host memory
+# held for good, to save a few reallocations per thread in an epoch.
 
 
 def _dali_dtype(dtype: str):
@@ -69,40 +86,153 @@ def _dali_dtype(dtype: str):
     return table[_checks.one_of("dtype", dtype, sorted(table))]
 
 
-def _reader(files: Sequence[str], labels: Sequence[int], file_root: str | None, list_dir):
-    """fn.readers.file over ``files`` in the given order, label = sample index."""
-    common = {
-        "random_shuffle": False,  # the loader orders (and shards) the list per epoch
-        "pad_last_batch": True,  # an epoch ends on a batch boundary; the loader trims the pad
-        "name": READER_NAME,
-    }
-    safe = all(f == f.strip() and "\n" not in f and "\r" not in f for f in files)
-    if list_dir is not None and safe and len(files) > _FILE_LIST_THRESHOLD:
-        path = os.path.join(list_dir, "files.txt")
-        with open(path, "w") as f:
-            f.writelines(f"{name} {label}\n" for name, label in zip(files, labels, strict=True))
-        return fn.readers.file(file_list=path, file_root=file_root, **common)
-    return fn.readers.file(
-        files=list(files), labels=[int(x) for x in labels], file_root=file_root, **common
-    )
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """What a graph computes (see :func:`build_train_pipeline` for each field)."""
+
+    train: bool
+    crop_size: int
+    resize_size: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dtype: str
+    channels_last: bool
+    device_id: int | None
+
+    def define(self, inputs: dict[str, Any]) -> tuple[Any, ...]:
+        """The graph on ``inputs`` (DALI nodes by input name); outputs in the order of
+        :data:`TRAIN_OUTPUTS` or :data:`EVAL_OUTPUTS`."""
+        decoder = "cpu" if self.device_id is None else "mixed"
+        encoded = fn.io.file.read(inputs["paths"])
+        image_shapes = fn.peek_image_shape(encoded, adjust_orientation=False)
+        if not self.train:
+            images = fn.decoders.image(
+                encoded, device=decoder, output_type=types.RGB, adjust_orientation=False
+            )
+            images = fn.resize(
+                images,
+                resize_shorter=self.resize_size,
+                interp_type=types.INTERP_LINEAR,
+                antialias=True,
+            )
+            images = self._normalize(images, mirror=0, crop=self.crop_size)
+            return images, inputs["indices"], image_shapes
+        anchors, shapes = rrc_window(
+            image_shapes, inputs["area"], inputs["ratio"], inputs["position"], self.ratio
+        )
+        images = fn.decoders.image_slice(
+            encoded,
+            anchors,
+            shapes,
+            device=decoder,
+            output_type=types.RGB,
+            axis_names="HW",  # the window's anchor and shape are (y, x) and (h, w)
+            normalized_anchor=False,
+            normalized_shape=False,
+            adjust_orientation=False,
+        )
+        images = fn.resize(
+            images,
+            size=[self.crop_size, self.crop_size],
+            interp_type=types.INTERP_LINEAR,
+            antialias=True,
+        )
+        mirrors = inputs["mirror"]
+        images = self._normalize(images, mirror=mirrors)
+        return images, inputs["indices"], anchors, shapes, image_shapes, mirrors
+
+    def _normalize(self, images, *, mirror, crop=None):
+        kwargs = {}
+        if crop is not None:
+            kwargs = {"crop": (crop, crop), "crop_pos_x": 0.5, "crop_pos_y": 0.5}
+        return fn.crop_mirror_normalize(
+            images,
+            mirror=mirror,
+            dtype=_dali_dtype(self.dtype),
+            output_layout="HWC" if self.channels_last else "CHW",
+            mean=[255.0 * m for m in self.mean],
+            std=[255.0 * s for s in self.std],
+            **kwargs,
+        )
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return TRAIN_INPUTS if self.train else EVAL_INPUTS
 
 
-def _normalize(images, *, mirror, dtype: str, channels_last: bool, mean, std, crop=None):
-    kwargs = {} if crop is None else {"crop": (crop, crop), "crop_pos_x": 0.5, "crop_pos_y": 0.5}
-    return fn.crop_mirror_normalize(
-        images,
-        mirror=mirror,
-        dtype=_dali_dtype(dtype),
-        output_layout="HWC" if channels_last else "CHW",
-        mean=[255.0 * m for m in mean],
-        std=[255.0 * s for s in std],
-        **kwargs,
+def _build(
+    spec: _Spec,
+    *,
+    batch_size: int,
+    num_threads: int,
+    prefetch_queue_depth: int,
+    source: Callable[[], tuple] | None = None,
+):
+    """The built pipeline of ``spec``: inputs fed by name, or pulled from ``source``."""
+
+    @pipeline_def(exec_dynamic=True)  # each iteration's outputs in buffers of their own
+    def graph():
+        names = spec.input_names
+        if source is None:
+            nodes = [
+                fn.external_source(name=n, dtype=_INPUT_TYPES[n][0], ndim=_INPUT_TYPES[n][1])
+                for n in names
+            ]
+        else:
+            nodes = fn.external_source(
+                source=source,
+                num_outputs=len(names),
+                batch=True,
+                dtype=[_INPUT_TYPES[n][0] for n in names],
+                ndim=[_INPUT_TYPES[n][1] for n in names],
+            )
+        return spec.define(dict(zip(names, nodes, strict=True)))
+
+    pipe = graph(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=spec.device_id,
+        prefetch_queue_depth=prefetch_queue_depth,
     )
+    pipe.build()
+    return pipe
+
+
+def _encode_path(path: str | os.PathLike) -> np.ndarray:
+    """A file path as the uint8 array ``fn.io.file.read`` takes (bytes as the OS has them)."""
+    return np.frombuffer(os.fsencode(path), dtype=np.uint8)
+
+
+class _FileCycle:
+    """The inputs of :func:`build_train_pipeline` / :func:`build_eval_pipeline`: the files
+    in order, ``batch_size`` at a time (the list's last batch smaller), then again."""
+
+    def __init__(self, files, labels, batch_size: int, spec: _Spec, seed: int) -> None:
+        self._paths = [_encode_path(f) for f in files]
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self._batch_size = batch_size
+        self._spec = spec
+        self._seed = seed
+        self._pass = self._batch = 0
+
+    def __call__(self) -> tuple:
+        start = self._batch * self._batch_size
+        stop = min(start + self._batch_size, len(self._paths))
+        batch = {"paths": self._paths[start:stop], "indices": self._labels[start:stop]}
+        if self._spec.train:
+            rng = batch_generator(self._seed, self._pass, 0, self._batch)
+            batch.update(draw_crops(rng, stop - start, self._spec.scale, self._spec.ratio))
+        self._batch += 1
+        if stop == len(self._paths):
+            self._pass, self._batch = self._pass + 1, 0
+        return tuple(batch[n] for n in self._spec.input_names)
 
 
 def _check_common(files, labels, batch_size: int, crop_size: int, num_threads: int) -> None:
     if len(files) == 0:
-        raise ArgumentError("files is empty; a DALI reader needs at least one file")
+        raise ArgumentError("files is empty; a DALI pipeline needs at least one file")
     if len(labels) != len(files):
         raise ArgumentError(
             f"labels must have one entry per file ({len(files)}), got {len(labels)}"
@@ -112,19 +242,10 @@ def _check_common(files, labels, batch_size: int, crop_size: int, num_threads: i
     _checks.positive_int("num_threads", num_threads)
 
 
-def _build(graph, *, batch_size, num_threads, device_id, seed, prefetch_queue_depth, **kwargs):
-    with tempfile.TemporaryDirectory(prefix="dali_relabel_") as list_dir:
-        pipe = graph(
-            list_dir=list_dir,
-            batch_size=batch_size,
-            num_threads=num_threads,
-            device_id=device_id,
-            seed=int(seed) & 0x7FFFFFFF,
-            prefetch_queue_depth=prefetch_queue_depth,
-            **kwargs,
-        )
-        pipe.build()  # reads the list file, so before it is removed
-    return pipe
+def _joined(files: Sequence[str], file_root: str | os.PathLike | None) -> list[str]:
+    if file_root is None:
+        return [os.fspath(f) for f in files]
+    return [os.path.join(os.fspath(file_root), os.fspath(f)) for f in files]
 
 
 def build_train_pipeline(
@@ -147,12 +268,12 @@ def build_train_pipeline(
 ):
     """A built DALI pipeline of RandomResizedCrop training, outputs :data:`TRAIN_OUTPUTS`.
 
-    Each ``run()`` returns one batch of ``batch_size`` samples, read in the order of
-    ``files``: images (normalized, [B, 3, S, S] or [B, S, S, 3]), indices (the ``labels``,
-    int32 [B, 1]), anchors and shapes of the crop windows (int32 [B, 2], pixels, (y, x)
-    and (h, w)), image_shapes (int64 [B, 3], H, W, C) and mirrors (int32 [B], 1 where
-    mirrored). After the last file the epoch's last batch is padded with that file; the
-    next batch starts the list again.
+    The loader's training graph, fed from ``files`` in their order: each ``run()``
+    returns the next ``batch_size`` files (the list's last batch smaller, never padded;
+    then the list starts again): images (normalized, [B, 3, S, S] or [B, S, S, 3]),
+    indices (the ``labels``, int64 [B]), anchors and shapes of the crop windows (int32
+    [B, 2], pixels, (y, x) and (h, w)), image_shapes (int64 [B, 3], H, W, C) and mirrors
+    (int32 [B], 1 where mirrored).
 
     Args:
         files: image paths, absolute or relative to ``file_root``, in reading order.
@@ -169,48 +290,32 @@ def build_train_pipeline(
         device_id: CUDA device for decoding ("mixed"), resizing and normalizing; None runs
             every operator on the CPU. Default: None.
         num_threads: DALI CPU worker threads. Default: 2.
-        seed: seed of the crops and flips (same seed and files, same batches). Default: 0.
+        seed: seed of the crops and flips; batch ``b`` of pass ``p`` over the list draws
+            from (seed, p, 0, b). Default: 0.
         prefetch_queue_depth: batches DALI computes ahead. Default: 2.
     """
     _check_common(files, labels, batch_size, crop_size, num_threads)
-    decoder = "cpu" if device_id is None else "mixed"
-    extra = {} if device_id is None else _MIXED_DECODER_ARGS
-
-    @pipeline_def
-    def graph(list_dir):
-        encoded, indices = _reader(files, labels, _str(file_root), list_dir)
-        image_shapes = fn.peek_image_shape(encoded, adjust_orientation=False)
-        anchors, shapes = fn.random_crop_generator(
-            image_shapes, random_area=list(scale), random_aspect_ratio=list(ratio)
-        )
-        images = fn.decoders.image_slice(
-            encoded,
-            anchors,
-            shapes,
-            device=decoder,
-            output_type=types.RGB,
-            axis_names="HW",  # the generator's anchor and shape are (y, x) and (h, w)
-            normalized_anchor=False,
-            normalized_shape=False,
-            adjust_orientation=False,
-            **extra,
-        )
-        images = fn.resize(
-            images, size=[crop_size, crop_size], interp_type=types.INTERP_LINEAR, antialias=True
-        )
-        mirrors = fn.random.coin_flip(probability=0.5)
-        images = _normalize(
-            images, mirror=mirrors, dtype=dtype, channels_last=channels_last, mean=mean, std=std
-        )
-        return images, indices, anchors, shapes, image_shapes, mirrors
-
+    _checks.at_least("seed", seed, 0)
+    spec = _Spec(
+        train=True,
+        crop_size=crop_size,
+        resize_size=default_resize_size(crop_size),
+        scale=tuple(scale),
+        ratio=tuple(ratio),
+        mean=tuple(mean),
+        std=tuple(std),
+        dtype=dtype,
+        channels_last=channels_last,
+        device_id=device_id,
+    )
+    _dali_dtype(dtype)
+    source = _FileCycle(_joined(files, file_root), labels, batch_size, spec, seed)
     return _build(
-        graph,
+        spec,
         batch_size=batch_size,
         num_threads=num_threads,
-        device_id=device_id,
-        seed=seed,
         prefetch_queue_depth=prefetch_queue_depth,
+        source=source,
     )
 
 
@@ -234,7 +339,7 @@ def build_eval_pipeline(
 
     Resize the shorter side to ``resize_size``, crop the center ``crop_size`` square,
     normalize (torchvision's ``Resize`` + ``CenterCrop``). Outputs images, indices and
-    image_shapes as in :func:`build_train_pipeline`; reading order and padding as there.
+    image_shapes as in :func:`build_train_pipeline`; reading order and batches as there.
 
     Args:
         resize_size: shorter side before the crop. Default: None (``round(crop_size /
@@ -246,42 +351,27 @@ def build_eval_pipeline(
     resize_size = default_resize_size(crop_size) if resize_size is None else int(resize_size)
     if resize_size < crop_size:
         raise ArgumentError(f"resize_size ({resize_size}) must be >= crop_size ({crop_size})")
-    decoder = "cpu" if device_id is None else "mixed"
-    extra = {} if device_id is None else _MIXED_DECODER_ARGS
-
-    @pipeline_def
-    def graph(list_dir):
-        encoded, indices = _reader(files, labels, _str(file_root), list_dir)
-        image_shapes = fn.peek_image_shape(encoded, adjust_orientation=False)
-        images = fn.decoders.image(
-            encoded, device=decoder, output_type=types.RGB, adjust_orientation=False, **extra
-        )
-        images = fn.resize(
-            images, resize_shorter=resize_size, interp_type=types.INTERP_LINEAR, antialias=True
-        )
-        images = _normalize(
-            images,
-            mirror=0,
-            dtype=dtype,
-            channels_last=channels_last,
-            mean=mean,
-            std=std,
-            crop=crop_size,
-        )
-        return images, indices, image_shapes
-
+    _dali_dtype(dtype)
+    spec = _Spec(
+        train=False,
+        crop_size=crop_size,
+        resize_size=resize_size,
+        scale=RRC_SCALE,
+        ratio=RRC_RATIO,
+        mean=tuple(mean),
+        std=tuple(std),
+        dtype=dtype,
+        channels_last=channels_last,
+        device_id=device_id,
+    )
+    source = _FileCycle(_joined(files, file_root), labels, batch_size, spec, 0)
     return _build(
-        graph,
+        spec,
         batch_size=batch_size,
         num_threads=num_threads,
-        device_id=device_id,
-        seed=0,
         prefetch_queue_depth=prefetch_queue_depth,
+        source=source,
     )
-
-
-def _str(path) -> str | None:
-    return None if path is None else os.fspath(path)
 
 
 def default_resize_size(crop_size: int) -> int:
@@ -293,7 +383,7 @@ def train_boxes(anchors: np.ndarray, shapes: np.ndarray, image_shapes: np.ndarra
     """Crop windows as normalized (x1, y1, x2, y2) boxes of the original images, float32 [B, 4].
 
     Args:
-        anchors: (y, x) of each window's top-left pixel, [B, 2] (the generator's output).
+        anchors: (y, x) of each window's top-left pixel, [B, 2].
         shapes: (h, w) of each window in pixels, [B, 2].
         image_shapes: (H, W, C) of each decoded image, [B, 3] (``peek_image_shape``).
     """
@@ -320,85 +410,112 @@ def center_crop_boxes(image_shapes: np.ndarray, crop_size: int, resize_size: int
     return boxes.astype(np.float32)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
 class LoaderGraph:
-    """One loader's DALI graph: an epoch's pipeline, and a batch's outputs read by name.
+    """One loader's DALI graph: its pipeline, a batch's inputs, a batch's outputs by name.
 
-    Attributes:
-        files: sample paths relative to ``file_root``; position = sample index.
-        file_root: the image folder.
-        train: RandomResizedCrop + flip (:func:`build_train_pipeline`), else resize and
-            center crop (:func:`build_eval_pipeline`).
-        batch_size, crop_size, resize_size, mean, std, scale, ratio, dtype,
-        channels_last, device_id, num_threads: as in :func:`build_train_pipeline` and
-            :func:`build_eval_pipeline`.
-        seed, rank: crops and flips of epoch ``e`` are seeded by (seed, e, rank).
+    Args:
+        paths: every sample's image file; position = sample index. Relative paths are
+            taken from the current directory at construction.
+        train: RandomResizedCrop + flip, else resize and center crop.
+        crop_size, resize_size, mean, std, scale, ratio, dtype, channels_last, device_id:
+            as in :func:`build_train_pipeline` and :func:`build_eval_pipeline`.
+        num_threads: DALI CPU worker threads.
+        seed, rank: training batch ``b`` of epoch ``e`` draws its crops and flips from
+            (seed, e, rank, b) and from nothing else.
     """
 
-    files: Sequence[str]
-    file_root: str
-    train: bool
-    batch_size: int
-    crop_size: int
-    resize_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    scale: tuple[float, float]
-    ratio: tuple[float, float]
-    dtype: str
-    channels_last: bool
-    device_id: int | None
-    num_threads: int
-    seed: int
-    rank: int
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        train: bool,
+        crop_size: int,
+        resize_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        scale: tuple[float, float],
+        ratio: tuple[float, float],
+        dtype: str,
+        channels_last: bool,
+        device_id: int | None,
+        num_threads: int,
+        seed: int,
+        rank: int,
+    ) -> None:
+        self._spec = _Spec(
+            train=train,
+            crop_size=crop_size,
+            resize_size=resize_size,
+            scale=scale,
+            ratio=ratio,
+            mean=mean,
+            std=std,
+            dtype=dtype,
+            channels_last=channels_last,
+            device_id=device_id,
+        )
+        self._paths = paths
+        # DALI opens the paths from its own threads: make them independent of a later chdir
+        self._cwd = os.fsencode(os.getcwd()) + b"/"
+        self.num_threads = num_threads
+        self.seed = seed
+        self.rank = rank
+
+    @property
+    def train(self) -> bool:
+        return self._spec.train
 
     @property
     def output_names(self) -> tuple[str, ...]:
         """What each pipeline output is, in order: :data:`TRAIN_OUTPUTS` or :data:`EVAL_OUTPUTS`."""
         return TRAIN_OUTPUTS if self.train else EVAL_OUTPUTS
 
-    def build(self, order: np.ndarray, epoch: int, prefetch_queue_depth: int) -> Any:
-        """The built pipeline that reads the samples ``order`` (sample indices) once."""
-        files = [self.files[i] for i in order.tolist()]
-        common = {
-            "batch_size": self.batch_size,
-            "file_root": self.file_root,
-            "crop_size": self.crop_size,
-            "mean": self.mean,
-            "std": self.std,
-            "dtype": self.dtype,
-            "channels_last": self.channels_last,
-            "device_id": self.device_id,
-            "num_threads": self.num_threads,
-            "prefetch_queue_depth": prefetch_queue_depth,
-        }
-        if not self.train:
-            return build_eval_pipeline(files, order, resize_size=self.resize_size, **common)
-        seed = np.random.SeedSequence([self.seed, epoch, self.rank]).generate_state(1)
-        return build_train_pipeline(
-            files, order, scale=self.scale, ratio=self.ratio, seed=int(seed[0]), **common
+    def build(self, batch_size: int, prefetch_queue_depth: int) -> Any:
+        """The built pipeline, inputs by name (:meth:`feed`), batches of up to ``batch_size``."""
+        return _build(
+            self._spec,
+            batch_size=batch_size,
+            num_threads=self.num_threads,
+            prefetch_queue_depth=prefetch_queue_depth,
         )
+
+    def inputs(self, indices: np.ndarray, epoch: int, batch: int) -> dict[str, Any]:
+        """The inputs of the batch ``batch`` of ``epoch``, which holds samples ``indices``."""
+        paths = []
+        for i in indices.tolist():
+            path = os.fsencode(self._paths[i])
+            paths.append(np.frombuffer(path if os.path.isabs(path) else self._cwd + path, np.uint8))
+        feed: dict[str, Any] = {"paths": paths, "indices": indices}
+        if self.train:
+            rng = batch_generator(self.seed, epoch, self.rank, batch)
+            feed.update(draw_crops(rng, len(indices), self._spec.scale, self._spec.ratio))
+        return feed
+
+    @staticmethod
+    def feed(pipe: Any, inputs: dict[str, Any]) -> None:
+        """Give ``pipe`` one iteration's ``inputs`` (from :meth:`inputs`)."""
+        for name, value in inputs.items():
+            pipe.feed_input(name, value)
 
     def by_name(self, outputs: Sequence[Any]) -> dict[str, Any]:
         """One iteration's outputs (DALI TensorLists) keyed by :attr:`output_names`."""
         return dict(zip(self.output_names, outputs, strict=True))
 
-    def boxes(self, named: dict[str, Any], count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first ``count`` samples' crops: boxes float32 [count, 4] as normalized
-        (x1, y1, x2, y2) of the original images, and mirror flags bool [count]."""
+    def boxes(self, named: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """A batch's crops: boxes float32 [B, 4] as normalized (x1, y1, x2, y2) of the
+        original images, and mirror flags bool [B]."""
         if "anchors" in named:  # training: the exported random windows
             boxes = train_boxes(
-                named["anchors"].as_array()[:count],
-                named["shapes"].as_array()[:count],
-                named["image_shapes"].as_array()[:count],
+                named["anchors"].as_array(),
+                named["shapes"].as_array(),
+                named["image_shapes"].as_array(),
             )
-            mirrors = named["mirrors"].as_array().reshape(-1)[:count].astype(bool)
-            return boxes, mirrors
-        shapes = named["image_shapes"].as_array()[:count]
-        boxes = center_crop_boxes(shapes, self.crop_size, self.resize_size)
-        return boxes, np.zeros(count, dtype=bool)
+            return boxes, named["mirrors"].as_array().reshape(-1).astype(bool)
+        shapes = named["image_shapes"].as_array()
+        boxes = center_crop_boxes(shapes, self._spec.crop_size, self._spec.resize_size)
+        return boxes, np.zeros(len(shapes), dtype=bool)
 
 
-def sample_indices(named: dict[str, Any], count: int) -> np.ndarray:
-    """The sample indices of a batch's first ``count`` samples (the reader's labels), int64."""
-    return np.asarray(named["indices"].as_array()).reshape(-1)[:count].astype(np.int64)
+def sample_indices(named: dict[str, Any]) -> np.ndarray:
+    """The sample indices of a batch, int64 [B]."""
+    return np.asarray(named["indices"].as_array()).reshape(-1).astype(np.int64)

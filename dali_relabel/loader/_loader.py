@@ -7,11 +7,12 @@ The work is behind it, one concept per module, data flowing one way:
 
 - :mod:`~dali_relabel.imagefolder` lists the samples; :mod:`._sampler` orders and
   shards them per epoch;
-- :mod:`._graph` is the DALI graph, which exports every crop window and reads each
-  file's *sample index* as its label;
-- :mod:`._epoch` runs one pipeline per epoch (and starts the next one ahead);
+- :mod:`._graph` is the DALI graph, fed per batch with file paths, *sample indices* and
+  (:mod:`._crops`) the crop and flip draws, which exports every crop window;
+- :mod:`._epoch` runs the loader's one pipeline through all epochs, fed ahead across
+  epoch ends; :mod:`._state` is its place in them for resuming (``state_dict``);
 - :mod:`._batch` joins each batch with its labels and label maps by sample index, so no
-  shuffle, shard or padding can pair an image with another image's map, and pools them;
+  shuffle, shard or prefetch can pair an image with another image's map, and pools them;
 - :mod:`._label_maps` is the only door to the store: placement of the maps
   (``label_map_memory``), the gather, the read-ahead.
 
@@ -20,12 +21,13 @@ docs/LOADER.md describes the semantics and the design.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from dali_relabel import _checks
@@ -42,6 +44,7 @@ from dali_relabel.loader._label_maps import (
     store_rows,
 )
 from dali_relabel.loader._sampler import ShardSampler, resolve_shard
+from dali_relabel.loader._state import STATE_VERSION, check_state, dataset_fingerprint
 from dali_relabel.store import LabelMapStore, open_store
 
 __all__ = ["BAD_IMAGE", "TARGETS", "ReLabelLoader"]
@@ -76,20 +79,27 @@ class ReLabelLoader:
         root: ImageFolder tree, class folders directly under it (e.g. ``imagenet/train``).
         label_maps: label-map store (path, URL or open :class:`LabelMapStore`), or None
             for hard targets only.
-        batch_size: samples per batch (the last batch of an epoch may be smaller).
-            Default: 256.
+        batch_size: samples per batch (the last batch of an epoch may be smaller; above
+            the samples of a rank, one batch of all of them). Default: 256.
         train: RandomResizedCrop + flip, shuffled; False: resize, center crop, sample
             order. Default: True.
         targets: one of :data:`TARGETS`. Default: None ("soft" for training with label
             maps, else "hard").
         crop_size: side S of the output images. Default: 224.
-        seed: seed of the order, crops and flips; same seed and epoch, same batches.
-            Default: 0.
+        seed: seed of the order, crops and flips, an int >= 0; batch ``b`` of epoch ``e``
+            on rank ``r`` depends only on (seed, e, r, b). Default: 0.
         rank: this process's shard. Default: None (torch.distributed's rank when it is
             initialized, else 0).
         world_size: number of shards. Default: None (torch.distributed's, else 1).
-        drop_last: drop each epoch's last, smaller batch (training only). Default: None
-            (False, as DataLoader).
+        drop_last: training: cut the samples to a multiple of ``world_size`` and drop
+            each epoch's last, smaller batch; evaluation: leave out the last ``N mod
+            world_size`` samples (as ``DistributedSampler(shuffle=False, drop_last=True)``)
+            and keep the last batch. Default: None (False, as DataLoader).
+        even_shards: every rank yields the same number of batches (ranks that
+            all-reduce per batch cannot hang): shards are padded with repeats of the first
+            samples, as DistributedSampler pads, or cut with ``drop_last``. False: every
+            sample exactly once, shard sizes differing by at most one (for loops without
+            per-batch collectives). Default: True.
         device: where batches and pooling live. Default: None (the current CUDA device
             when there is one, else the CPU; on the CPU every DALI operator runs on it).
         num_threads: DALI CPU threads. Default: None (CPU cores / LOCAL_WORLD_SIZE).
@@ -100,8 +110,9 @@ class ReLabelLoader:
         shuffle: permute the samples each epoch. Default: None (= ``train``).
         mean: channel means on the 0-1 scale. Default: ImageNet's.
         std: channel standard deviations on the 0-1 scale. Default: ImageNet's.
-        scale: RandomResizedCrop area range. Default: (0.08, 1.0).
-        ratio: RandomResizedCrop aspect-ratio range. Default: (3/4, 4/3).
+        scale: RandomResizedCrop area range (torchvision's ``get_params``, computed in
+            the DALI graph). Default: (0.08, 1.0).
+        ratio: RandomResizedCrop aspect-ratio range (width / height). Default: (3/4, 4/3).
         resize_size: evaluation's shorter side before the center crop. Default: None
             (``round(crop_size / 0.875)``, 256 for 224).
         local_size: (h, w) of ``"local"`` targets. Default: None (``crop_size // 32`` per
@@ -131,6 +142,7 @@ class ReLabelLoader:
         rank: int | None = None,
         world_size: int | None = None,
         drop_last: bool | None = None,
+        even_shards: bool = True,
         device: torch.device | str | None = None,
         num_threads: int | None = None,
         dtype: torch.dtype = torch.float32,
@@ -158,6 +170,9 @@ class ReLabelLoader:
                     "round(crop_size / 0.875)"
                 )
         _checks.positive_number("temperature", temperature)
+        _checks.at_least("seed", seed, 0)
+        _check_range("scale", scale, "(0.08, 1.0)")
+        _check_range("ratio", ratio, "(3/4, 4/3)")
         _check_channels("mean", mean, positive=False)
         _check_channels("std", std, positive=True)
         if targets is None:
@@ -169,10 +184,10 @@ class ReLabelLoader:
         _checks.one_of(
             "memory_format", memory_format, (torch.contiguous_format, torch.channels_last)
         )
-        if drop_last and not train:
+        if drop_last and not even_shards:
             raise ArgumentError(
-                "drop_last=True drops evaluation samples; an evaluation loader (train=False) "
-                "always yields every sample once"
+                "drop_last=True evens the shards by cutting the last N mod world_size samples; "
+                "even_shards=False keeps every sample in uneven shards: pass one of them"
             )
         if targets != "hard" and label_maps is None:
             raise ArgumentError(
@@ -187,7 +202,7 @@ class ReLabelLoader:
         self.resize_size = (
             default_resize_size(self.crop_size) if resize_size is None else int(resize_size)
         )
-        self.drop_last = bool(drop_last) and self.train
+        self.drop_last = bool(drop_last)
         self.device = _resolve_device(device)
         self.dtype = dtype
         self.memory_format = memory_format
@@ -225,19 +240,23 @@ class ReLabelLoader:
             rank=rank,
             world_size=world_size,
             drop_last=self.drop_last,
-            even=self.train,
+            even=bool(even_shards),
         )
+        if self.drop_last and self.train and len(self.sampler) < self.batch_size:
+            raise ArgumentError(
+                f"batch_size={self.batch_size} with drop_last=True and {len(self.sampler):,} "
+                f"samples per rank: every epoch would be empty; pass a batch_size of at most "
+                f"{len(self.sampler):,}, or drop_last=False for one batch of all samples"
+            )
         self._graph = LoaderGraph(
-            files=self.dataset.relative_paths(),
-            file_root=os.path.abspath(self.dataset.root),
+            self.dataset.paths,
             train=self.train,
-            batch_size=self.batch_size,
             crop_size=self.crop_size,
             resize_size=self.resize_size,
             mean=tuple(mean),
             std=tuple(std),
-            scale=tuple(scale),
-            ratio=tuple(ratio),
+            scale=(float(scale[0]), float(scale[1])),
+            ratio=(float(ratio[0]), float(ratio[1])),
             dtype=_DTYPES[dtype],
             channels_last=memory_format == torch.channels_last,
             device_id=self.device.index if self.device.type == "cuda" else None,
@@ -259,13 +278,18 @@ class ReLabelLoader:
         )
         self._epochs = Epochs(
             self.sampler,
+            graph=self._graph,
+            build=_build_pipeline_of(self),
             assemble=self._assemble,
             label_maps=maps,
             dataset=self.dataset,
             batch_size=self.batch_size,
-            drop_last=self.drop_last,
-            seeded=self.train,
+            drop_last=self.drop_last and self.train,
+            epoch_free=not (self.train or self.sampler.shuffle),
         )
+        # (epoch, first batch) that the next iter() resumes, set by load_state_dict
+        self._resume: tuple[int, int] | None = None
+        self._fingerprint: str | None = None
 
     def _skip_bad_images(self) -> None:
         bad = find_bad_images(self.dataset.paths)
@@ -290,40 +314,100 @@ class ReLabelLoader:
     # -- DataLoader surface ------------------------------------------------------------
     def __len__(self) -> int:
         """Batches this rank yields per epoch."""
-        return self._epochs.num_batches(len(self.sampler))
+        return self._epochs.num_batches
 
     def set_epoch(self, epoch: int) -> None:
-        """Run epoch ``epoch`` next (same as ``loader.sampler.set_epoch(epoch)``)."""
+        """Run epoch ``epoch`` next (same as ``loader.sampler.set_epoch(epoch)``).
+
+        A trainer that starts at epoch E (``--start-epoch E``) and never calls it otherwise
+        calls ``set_epoch(E)`` once before its first epoch: epochs then count on from E.
+        """
         self.sampler.set_epoch(epoch)
 
     def reset(self) -> None:
         """Does nothing: every ``iter(loader)`` starts a new epoch (DALI iterators need it)."""
 
     def __iter__(self) -> Epoch:
-        epoch = self.sampler.epoch
+        epoch, start = self.sampler.epoch, 0
+        if self._resume is not None:
+            (resumed, first), self._resume = self._resume, None
+            if resumed == epoch:
+                start = first
+            else:
+                warnings.warn(
+                    f"the loader state loaded resumes epoch {resumed} at batch {first}, but "
+                    f"epoch {epoch} was set to run: it runs from its start. Call "
+                    f"set_epoch({resumed}) (or none) after load_state_dict to resume",
+                    stacklevel=2,
+                )
         self.sampler.epoch = epoch + 1
-        # looked up per epoch: what a subclass or a wrapper of build_pipeline builds runs
-        build = self.build_pipeline
-        return self._epochs.run(
-            epoch, lambda order, e, depth: build(order, e, prefetch_queue_depth=depth)
-        )
+        return self._epochs.run(epoch, start)
 
-    def build_pipeline(
-        self, order: np.ndarray, epoch: int = 0, *, prefetch_queue_depth: int = PREFETCH_DEPTH
-    ) -> Any:
-        """The built DALI pipeline that reads the samples ``order`` (sample indices) once.
+    # -- resuming ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader is, to resume there with :meth:`load_state_dict` (torchdata's
+        StatefulDataLoader convention).
 
-        Every epoch's pipeline is built here. This is the loader's own graph, outputs
-        :data:`~dali_relabel.loader.TRAIN_OUTPUTS` (training) or
-        :data:`~dali_relabel.loader.EVAL_OUTPUTS`; the benchmark runs it bare to measure
-        what the targets cost. Crops and flips are seeded by (seed, epoch, rank).
+        ``epoch`` and ``batches_yielded``: the epoch of the latest ``iter(loader)`` and the
+        batches it has yielded while it runs, else the epoch that runs next and 0. The
+        other entries (seed, world_size, dataset, ...) identify the batches; ``rank`` is
+        recorded only: the state is the same on every rank. docs/LOADER.md ("Resuming").
+        """
+        if self._resume is not None:
+            epoch, done = self._resume
+        elif self._epochs.progress is not None and self._epochs.progress[1] < len(self):
+            epoch, done = self._epochs.progress
+        else:
+            epoch, done = self.sampler.epoch, 0
+        progress = {"version": STATE_VERSION, "epoch": epoch, "batches_yielded": done}
+        return {**progress, **self._identity()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where ``state`` (from :meth:`state_dict`) was: the next ``iter(loader)``
+        yields the rest of that epoch, exactly the batches (samples, crops, flips,
+        targets) the interrupted run would have yielded.
+
+        Raises LoaderStateError for a state that another loader wrote (other seed, world
+        size, dataset, batch size, ...). Calling ``set_epoch`` with that same epoch
+        afterwards keeps the resume; another epoch starts from its beginning, with a
+        warning.
+        """
+        epoch, start = check_state(state, self._identity(), len(self))
+        self.sampler.set_epoch(epoch)
+        self._resume = (epoch, start) if start else None
+
+    def _identity(self) -> dict[str, Any]:
+        if self._fingerprint is None:
+            self._fingerprint = dataset_fingerprint(self.dataset.keys)
+        s = self.sampler
+        return {
+            "train": self.train,
+            "seed": self.seed,
+            "rank": s.rank,
+            "world_size": s.world_size,
+            "num_samples": len(self.dataset),
+            "dataset": self._fingerprint,
+            "batch_size": self.batch_size,
+            "drop_last": self.drop_last,
+            "shuffle": s.shuffle,
+            "even_shards": s.even,
+        }
+
+    def build_pipeline(self, *, prefetch_queue_depth: int = PREFETCH_DEPTH) -> Any:
+        """The loader's DALI pipeline, built; the loader builds it once, at its first epoch
+        (and again only after DALI failed on a batch).
+
+        Its inputs are fed by name before each ``schedule_run()``
+        (:data:`~dali_relabel.loader.TRAIN_INPUTS` or :data:`~dali_relabel.loader.EVAL_INPUTS`),
+        its outputs are :data:`~dali_relabel.loader.TRAIN_OUTPUTS` or
+        :data:`~dali_relabel.loader.EVAL_OUTPUTS`, its batch size is ``batch_size``
+        (at most the samples per rank). A subclass or a wrapper of this method is what
+        the loader runs.
 
         Args:
-            order: sample indices in reading order.
-            epoch: the epoch whose crops and flips to draw. Default: 0.
             prefetch_queue_depth: batches DALI computes ahead. Default: 2.
         """
-        return self._graph.build(order, epoch, prefetch_queue_depth)
+        return self._graph.build(self._epochs.pipeline_batch_size, prefetch_queue_depth)
 
     def __del__(self) -> None:
         assemble = getattr(self, "_assemble", None)
@@ -341,6 +425,33 @@ class ReLabelLoader:
 
 
 # -- option helpers -----------------------------------------------------------------------
+def _build_pipeline_of(loader: ReLabelLoader) -> Callable[[int], Any]:
+    """``loader.build_pipeline``, looked up when called (a subclass's or a wrapper's runs),
+    through a weak reference: the loader's parts hold no reference back to it, so a
+    dropped loader is freed at once, with its pipeline and threads."""
+    ref = weakref.ref(loader)
+
+    def build(prefetch_queue_depth: int) -> Any:
+        owner = ref()
+        if owner is None:
+            raise RuntimeError("the loader of this epoch was garbage collected")
+        return owner.build_pipeline(prefetch_queue_depth=prefetch_queue_depth)
+
+    return build
+
+
+def _check_range(name: str, values: Any, default: str) -> None:
+    try:
+        lo, hi = (float(v) for v in values)
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not (0 < lo <= hi < math.inf):
+        raise ArgumentError(
+            f"{name} must be (low, high) with 0 < low <= high, got {values!r}; "
+            f"RandomResizedCrop's default is {default}"
+        )
+
+
 def _check_channels(name: str, values: Any, *, positive: bool) -> None:
     try:
         floats = [float(v) for v in values]
