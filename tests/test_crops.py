@@ -16,7 +16,13 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from torchvision.transforms import RandomResizedCrop
 
-from dali_relabel.loader._crops import ATTEMPTS, batch_generator, draw_crops, rrc_window
+from dali_relabel.loader._crops import (
+    ATTEMPTS,
+    batch_generator,
+    crop_inputs,
+    draw_crops,
+    rrc_window,
+)
 
 BATCH = 256
 
@@ -27,10 +33,9 @@ def _window_pipeline(ratio_range):
     @pipeline_def(batch_size=BATCH, num_threads=1, device_id=None, prefetch_queue_depth=1)
     def graph():
         shapes = fn.external_source(name="image_shapes", dtype=types.INT64, ndim=1)
-        area = fn.external_source(name="area", dtype=types.FLOAT64, ndim=1)
-        ratio = fn.external_source(name="ratio", dtype=types.FLOAT64, ndim=1)
+        attempts = fn.external_source(name="attempts", dtype=types.FLOAT64, ndim=2)
         position = fn.external_source(name="position", dtype=types.FLOAT64, ndim=1)
-        return rrc_window(shapes, area, ratio, position, ratio_range)
+        return rrc_window(shapes, attempts, position, ratio_range)
 
     pipe = graph()
     pipe.build()
@@ -40,8 +45,8 @@ def _window_pipeline(ratio_range):
 def _windows(pipe, shapes, area, ratio, position) -> np.ndarray:
     """(i, j, h, w) per sample, as get_params returns them."""
     pipe.feed_input("image_shapes", np.asarray(shapes, dtype=np.int64))
-    pipe.feed_input("area", np.asarray(area, dtype=np.float64))
-    pipe.feed_input("ratio", np.asarray(ratio, dtype=np.float64))
+    inputs = crop_inputs({"area": area, "ratio": ratio, "position": position, "mirror": None})
+    pipe.feed_input("attempts", inputs["attempts"])
     pipe.feed_input("position", np.asarray(position, dtype=np.float64))
     anchors, sizes = (o.as_array() for o in pipe.run())
     return np.concatenate([anchors, sizes], axis=1).astype(np.int64)

@@ -13,6 +13,8 @@ trainer's GPU work. docs/LOADER.md ("The join", "Keeping the per-batch cost near
 from __future__ import annotations
 
 import concurrent.futures as cf
+import importlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -77,6 +79,18 @@ class BatchAssembler:
                 initializer=torch.set_num_threads,
                 initargs=(1,),
             )
+        if targets != "hard":
+            # The first call of a torch custom op imports torch._dynamo (2.5 s on 2 CPU
+            # cores): imported on a thread while DALI makes the first batches instead.
+            if self._pooler is not None:
+                self._pooler.submit(importlib.import_module, "torch._dynamo")
+            else:
+                threading.Thread(
+                    target=importlib.import_module,
+                    args=("torch._dynamo",),
+                    name="dali_relabel_warmup",
+                    daemon=True,
+                ).start()
 
     def __call__(
         self, outputs: Any, expected: np.ndarray, maps: Any, exec_dynamic: bool

@@ -39,7 +39,7 @@ from nvidia.dali import fn, pipeline_def, types
 from dali_relabel import _checks
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 from dali_relabel.errors import ArgumentError
-from dali_relabel.loader._crops import batch_generator, draw_crops, rrc_window
+from dali_relabel.loader._crops import batch_generator, crop_inputs, draw_crops, rrc_window
 
 __all__ = [
     "EVAL_INPUTS",
@@ -60,16 +60,15 @@ TRAIN_OUTPUTS = ("images", "indices", "anchors", "shapes", "image_shapes", "mirr
 #: Outputs of the evaluation graph, in order.
 EVAL_OUTPUTS = ("images", "indices", "image_shapes")
 #: Inputs of the training graph, by name: file path (uint8 bytes), sample index (int64),
-#: and the crop and flip draws of :func:`~dali_relabel.loader._crops.draw_crops`.
-TRAIN_INPUTS = ("paths", "indices", "area", "ratio", "position", "mirror")
+#: and the crop and flip draws (:func:`~dali_relabel.loader._crops.crop_inputs`).
+TRAIN_INPUTS = ("paths", "indices", "attempts", "position", "mirror")
 #: Inputs of the evaluation graph.
 EVAL_INPUTS = ("paths", "indices")
 # (DALI type, dimensions per sample) of each input
 _INPUT_TYPES = {
     "paths": (types.UINT8, 1),
     "indices": (types.INT64, 0),
-    "area": (types.FLOAT64, 1),
-    "ratio": (types.FLOAT64, 1),
+    "attempts": (types.FLOAT64, 2),
     "position": (types.FLOAT64, 1),
     "mirror": (types.INT32, 0),
 }
@@ -120,7 +119,7 @@ class _Spec:
             images = self._normalize(images, mirror=0, crop=self.crop_size)
             return images, inputs["indices"], image_shapes
         anchors, shapes = rrc_window(
-            image_shapes, inputs["area"], inputs["ratio"], inputs["position"], self.ratio
+            image_shapes, inputs["attempts"], inputs["position"], self.ratio
         )
         images = fn.decoders.image_slice(
             encoded,
@@ -223,7 +222,8 @@ class _FileCycle:
         batch = {"paths": self._paths[start:stop], "indices": self._labels[start:stop]}
         if self._spec.train:
             rng = batch_generator(self._seed, self._pass, 0, self._batch)
-            batch.update(draw_crops(rng, stop - start, self._spec.scale, self._spec.ratio))
+            draws = draw_crops(rng, stop - start, self._spec.scale, self._spec.ratio)
+            batch.update(crop_inputs(draws))
         self._batch += 1
         if stop == len(self._paths):
             self._pass, self._batch = self._pass + 1, 0
@@ -488,7 +488,8 @@ class LoaderGraph:
         feed: dict[str, Any] = {"paths": paths, "indices": indices}
         if self.train:
             rng = batch_generator(self.seed, epoch, self.rank, batch)
-            feed.update(draw_crops(rng, len(indices), self._spec.scale, self._spec.ratio))
+            draws = draw_crops(rng, len(indices), self._spec.scale, self._spec.ratio)
+            feed.update(crop_inputs(draws))
         return feed
 
     @staticmethod
