@@ -21,7 +21,7 @@ integer-valued sizes, which float32 holds exactly). The host multiplies each att
 area and aspect ratio into (area / ratio, area * ratio) (:func:`crop_inputs`), so the
 graph computes H * W * (area * ratio) where torchvision computes (H * W * area) * ratio:
 the windows are the same unless a last-bit rounding of that product decides an exact
-half, about once in 10^13 windows. ``round`` is ``floor(x + 0.5)`` (Python's rounds exact
+half, about once in 10^12 windows. ``round`` is ``floor(x + 0.5)`` (Python's rounds exact
 halves to even). The placement draws a uniform ``position`` where torchvision calls
 ``torch.randint``: the same distribution from another generator. tests/test_crops.py
 checks the windows against ``get_params`` itself, fed its own recorded draws.
