@@ -25,6 +25,7 @@ def test_bench_runs_each_path_and_reports(tmp_path, capsys):
     for name, r in results["paths"].items():
         assert "error" not in r, (name, r)
         assert r["min"] <= r["images_per_s"] <= r["max"] and r["peak_host_rss_mb"] > 0
+        assert r["cpu_ms_per_image"] > 0
     ratio = results["ratios"]["relabel_memory_vs_dali"]
     p = results["paths"]
     assert ratio == pytest.approx(p["relabel_memory"]["images_per_s"] / p["dali"]["images_per_s"])

@@ -144,6 +144,8 @@ def benchmark_throughput(
         "crop_size": crop_size,
         "threads": config.threads,
         "images": 5 * images_per_class,
+        # a shared machine's load: images/s fall with it, CPU ms per image does not
+        "load_average_start": os.getloadavg(),
         "paths": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,6 +157,7 @@ def benchmark_throughput(
             if "error" not in result:
                 rate = result["images_per_s"]
                 print(f"[throughput]   {rate:,.0f} images/s", file=sys.stderr, flush=True)
+    results["load_average_end"] = os.getloadavg()
     results["ratios"] = _ratios(results["paths"])
     (out_dir / "throughput.json").write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / "throughput.md").write_text(throughput_table(results) + "\n")
@@ -231,19 +234,23 @@ def _measure(name: str, data: dict[str, Any], config: _Config) -> dict[str, Any]
     for _ in range(config.warmup_batches):
         next(batches)
     sync()
-    rates = []
+    rates, cpu = [], []
     for _ in range(config.windows):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), rss.cpu_seconds()
         n = 0
         for _ in range(config.window_batches):
             n += next(batches)[0].shape[0]
         sync()
         rates.append(n / (time.perf_counter() - start))
+        cpu.append(1000 * (rss.cpu_seconds() - cpu_start) / n)
     result = {
         "images_per_s": statistics.median(rates),
         "min": min(rates),
         "max": max(rates),
         "windows": rates,
+        # CPU time per image (all threads and worker processes): unlike images/s, it does
+        # not change when other jobs share the machine's cores
+        "cpu_ms_per_image": statistics.median(cpu),
         "peak_host_rss_mb": rss.stop() / 2**20,
     }
     if config.device == "cuda":
@@ -252,7 +259,8 @@ def _measure(name: str, data: dict[str, Any], config: _Config) -> dict[str, Any]
 
 
 class _PeakRSS:
-    """Samples the summed RSS of this process and its children every 20 ms."""
+    """Samples the summed RSS of this process and its children every 20 ms; reads their
+    CPU time on demand."""
 
     def __init__(self):
         from dali_relabel._deps import require
@@ -277,6 +285,15 @@ class _PeakRSS:
             self.peak = max(self.peak, total)
             time.sleep(0.02)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of this process and its live children."""
+        total = 0.0
+        for p in [self._proc, *self._proc.children(recursive=True)]:
+            with contextlib.suppress(self._psutil.Error):
+                times = p.cpu_times()
+                total += times.user + times.system
+        return total
+
     def stop(self) -> int:
         self._stop.set()
         self._thread.join()
@@ -289,21 +306,21 @@ def throughput_table(results: dict[str, Any]) -> str:
     base = results["paths"]
     lines = [
         "| path | images/s (median) | min | max | vs plain DALI | vs original ReLabel "
-        "| peak host MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| CPU ms/image | peak host MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     dali = base.get("dali", {}).get("images_per_s")
     official = base.get("official", {}).get("images_per_s")
     for name, r in base.items():
         if "error" in r:
-            lines.append(f"| {PATHS[name]} | failed: {r['error'][:60]} | | | | | |")
+            lines.append(f"| {PATHS[name]} | failed: {r['error'][:60]} | | | | | | |")
             continue
         v = r["images_per_s"]
         vs_dali = f"{v / dali:.2f}x" if dali else ""
         vs_official = f"{v / official:.2f}x" if official else ""
         lines.append(
             f"| {PATHS[name]} | {v:,.0f} | {r['min']:,.0f} | {r['max']:,.0f} | {vs_dali} | "
-            f"{vs_official} | {r['peak_host_rss_mb']:,.0f} |"
+            f"{vs_official} | {r['cpu_ms_per_image']:.2f} | {r['peak_host_rss_mb']:,.0f} |"
         )
     return "\n".join(lines)
 
