@@ -10,7 +10,8 @@ Two paths on the same photos, batch size and threads, alternating in one process
 Reported per path: ``construct_s`` (pipeline or loader made, store opened),
 ``first_batch_s`` (from the first ``iter`` to the first batch), and per epoch of
 ``--batches-per-epoch`` batches the median, min and max seconds and the images/s it
-gives; plus the ratio relabel / dali of the epoch rate. JSON out.
+gives, and the CPU seconds per epoch (all threads); plus the ratio relabel / dali of the
+epoch rate. JSON out.
 
 Usage: python benchmarks/epochs.py [--batch-size 64] [--batches-per-epoch 3]
                                    [--epochs 8] [--device cpu|cuda] [--out F]
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -94,6 +96,11 @@ def _images(batch) -> int:
     return batch[0]["images"].shape[0] if isinstance(batch[0], dict) else batch[0].shape[0]
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _first(make, sync) -> tuple[object, float, float]:
     start = time.perf_counter()
     loader = make()
@@ -146,16 +153,18 @@ def main(argv=None) -> int:
             for _ in loaders[name]:  # the rest of the first epoch
                 pass
         times = {name: [] for name in PATHS}
+        cpu = {name: [] for name in PATHS}
         for _ in range(4):  # blocks alternate: a noisy shared machine hits both alike
             for name in PATHS:
                 # an untimed epoch first: the other path's next epoch, computed ahead
                 # (prefetch), must not compete with this one's timed epochs
                 for epoch in range(-1, -(-args.epochs // 4)):
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), _cpu_seconds()
                     images = sum(_images(batch) for batch in loaders[name])
                     sync()
                     if epoch >= 0:
                         times[name].append(time.perf_counter() - start)
+                        cpu[name].append(_cpu_seconds() - cpu_start)
                     if images != samples:
                         raise RuntimeError(f"{name} yielded {images} images, not {samples}")
     for name in PATHS:
@@ -165,6 +174,8 @@ def main(argv=None) -> int:
             epoch_min_s=min(t),
             epoch_max_s=max(t),
             images_per_s=samples / statistics.median(t),
+            # all threads' CPU time: what the other jobs of a shared machine do not change
+            epoch_cpu_s=statistics.median(cpu[name]),
         )
     emit(
         {
