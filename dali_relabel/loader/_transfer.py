@@ -4,8 +4,9 @@
 stream before it copies: the loader would wait for the trainer's queued GPU work on every
 batch (measured on an H200: ``next(loader)`` waited out a second of queued kernels). From
 pinned memory the copy is queued and returns at once. torch's caching host allocator
-(``pin_memory()``, ``torch.empty(..., pin_memory=True)``) hands out pinned blocks cheaply
-after warm-up, and does not reuse a block before the copies queued from it are done.
+(``pin_memory()``) hands out pinned blocks cheaply after warm-up, and does not reuse a
+block before the copies queued from it are done (it records them: the copy's source must
+be the tensor ``pin_memory()`` returned, not a view made through numpy).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["pinned_empty", "to_device"]
+__all__ = ["to_device"]
 
 
 def to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -29,15 +30,3 @@ def to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.T
     if tensor.device.type == "cpu" and not tensor.is_pinned():
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
-
-
-def pinned_empty(shape: tuple[int, ...], dtype: np.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialized host tensor to fill (through ``.numpy()``) and copy to ``device``:
-    pinned when ``device`` is a CUDA device, which saves the copy into pinned memory.
-
-    Pass this tensor itself to :func:`to_device`, not a ``torch.from_numpy`` view of it:
-    the caching allocator keeps a block from reuse until its queued copies are done only
-    when the copy's source is its own tensor.
-    """
-    torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
-    return torch.empty(shape, dtype=torch_dtype, pin_memory=device.type == "cuda")
