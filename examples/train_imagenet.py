@@ -74,10 +74,17 @@ def main() -> None:
         train_loader = ReLabelLoader(train_dir, label_maps, args.batch_size, **common)
         val_loader = None
         if val_dir.is_dir():
-            # hard labels, every image once across processes; the store's class table gives
-            # val's folders the class indices of the soft targets
+            # hard labels; every image exactly once across processes (even_shards=False:
+            # evaluate() has no per-batch collective, so ranks may run different numbers of
+            # batches); the store's class table gives val's folders the soft targets' classes
             val_loader = ReLabelLoader(
-                val_dir, train_loader.store, args.batch_size, train=False, targets="hard", **common
+                val_dir,
+                train_loader.store,
+                args.batch_size,
+                train=False,
+                targets="hard",
+                even_shards=False,
+                **common,
             )
 
         model = torchvision.models.get_model(args.arch, num_classes=train_loader.num_classes)
