@@ -80,8 +80,8 @@ class BatchAssembler:
                 initargs=(1,),
             )
         if targets != "hard":
-            # The first call of a torch custom op imports torch._dynamo (2.5 s on 2 CPU
-            # cores): imported on a thread while DALI makes the first batches instead.
+            # The first call of a torch custom op imports torch._dynamo (seconds): imported
+            # on a thread while DALI makes the first batches instead.
             if self._pooler is not None:
                 self._pooler.submit(importlib.import_module, "torch._dynamo")
             else:

@@ -27,8 +27,8 @@ halves to even). The placement draws a uniform ``position`` where torchvision ca
 checks the windows against ``get_params`` itself, fed its own recorded draws.
 
 Each DALI arithmetic operator costs about the same per sample whatever the size of its
-tensors (0.6 us on a 2-core CPU), so the graph works on (y, x) pairs and all attempts
-at once: 30 us per sample, 2 % of decoding it.
+tensors, so the graph works on (y, x) pairs and all attempts at once: half the operators
+of one attempt at a time, a few percent of decoding the sample (README, "Numbers").
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ _INPUT_TYPES = {
 }
 # The "mixed" decoder keeps DALI's own preallocation (16 MiB of device memory and 2 x 8 MiB
 # of pinned host memory per thread, grown on demand to the largest image seen): the plain
-# DALI pipeline reached 25,000 images/s with it on an H200. DALI's ResNet-50 example
+# DALI pipeline ran at full speed with it on the lent H200. DALI's ResNet-50 example
 # preallocates for the largest ImageNet image instead (211 MB device and 2 x 140 MB pinned
 # per thread): with 16 threads 3.4 GB of device memory and 4.5 GB of pinned host memory
 # held for good, to save a few reallocations per thread in an epoch.

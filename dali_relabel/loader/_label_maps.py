@@ -103,7 +103,7 @@ class LabelMaps:
         device in "device" mode, else in host memory (pinned when streamed to CUDA)."""
         rows = indices if self._rows is None else self._rows[indices]
         if self._maps is not None and isinstance(self._maps[0], np.ndarray):
-            # numpy's take: 20 us for 256 maps, where torch's CPU index_select takes 10 ms
+            # numpy's take: hundreds of times faster here than torch's CPU index_select
             scores, classes = (np.take(table, rows, axis=0) for table in self._maps)
             return torch.from_numpy(scores), torch.from_numpy(classes)
         if self._maps is not None:
