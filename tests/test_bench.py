@@ -29,6 +29,12 @@ def test_bench_runs_each_path_and_reports(tmp_path, capsys):
     ratio = results["ratios"]["relabel_memory_vs_dali"]
     p = results["paths"]
     assert ratio == pytest.approx(p["relabel_memory"]["images_per_s"] / p["dali"]["images_per_s"])
+    # paired: the median of the two windows of each round, taken in turns
+    pairs = zip(p["relabel_memory"]["windows"], p["dali"]["windows"], strict=True)
+    paired = sorted(a / b for a, b in pairs)
+    assert results["ratios_paired"]["relabel_memory_vs_dali"] == pytest.approx(
+        (paired[0] + paired[1]) / 2
+    )
     assert (tmp_path / "throughput.md").read_text().count("\n") == 5
     with Image.open(tmp_path / "throughput.png") as im:
         assert im.format == "PNG"

@@ -68,7 +68,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--windows", type=int, default=4, help="Default: 4")
     p.add_argument("--window-batches", type=int, default=8, help="Default: 8")
-    p.add_argument("--warmup-batches", type=int, default=4, help="Default: 4")
+    p.add_argument(
+        "--warmup-batches", type=int, default=4, help="untimed before each window. Default: 4"
+    )
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset")
     p.add_argument("--out-dir", default="runs/bench", help="Default: runs/bench")
     p.set_defaults(func=_run_bench)

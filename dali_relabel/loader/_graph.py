@@ -104,7 +104,9 @@ class _Spec:
         """The graph on ``inputs`` (DALI nodes by input name); outputs in the order of
         :data:`TRAIN_OUTPUTS` or :data:`EVAL_OUTPUTS`."""
         decoder = "cpu" if self.device_id is None else "mixed"
-        encoded = fn.io.file.read(inputs["paths"])
+        # read(), not mmap: the decoder reads every page of a file once, and a page fault
+        # per 4 kB costs more than one copy of the whole file
+        encoded = fn.io.file.read(inputs["paths"], dont_use_mmap=True)
         image_shapes = fn.peek_image_shape(encoded, adjust_orientation=False)
         if not self.train:
             images = fn.decoders.image(

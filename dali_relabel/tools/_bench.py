@@ -10,10 +10,13 @@ Same images, batch size, crop size and CPU threads/workers for every path:
                resize, normalize, random mirror)
   d. relabel   ReLabelLoader with soft targets, label maps held in memory and streamed
 
-Each path runs in a process of its own (so that peak memory is its own): warm-up, then
-the median of several timed windows with min and max, in images per second. Peak host
-memory is the peak summed RSS of the process and its workers; on a GPU, peak device
-memory as torch sees it. Output: JSON, a Markdown table and a PNG bar chart.
+Each path runs in a process of its own (so that peak memory is its own), all at once,
+their timed windows taking turns once the others are idle (a shared machine's load then
+falls on every path alike): warm-up, then the median of several timed windows with min
+and max, in images per second, and the CPU milliseconds per image, which other jobs on
+the machine do not change. Peak host memory is the peak summed RSS of the process and
+its workers; on a GPU, peak device memory as torch sees it. Output: JSON, a Markdown
+table and a PNG bar chart.
 
 Usage: dali-relabel bench [--images-per-class 100] [--batch-size 64] [--out-dir runs/bench]
        (or python benchmarks/throughput.py with the same arguments); from Python,
@@ -105,7 +108,8 @@ def benchmark_throughput(
         device: "cpu" or "cuda". Default: None (CUDA when available).
         windows: timed windows per path. Default: 4.
         window_batches: batches per window. Default: 8.
-        warmup_batches: batches before timing. Default: 4.
+        warmup_batches: batches taken untimed before each window (the batches the
+            prefetch queues hold: windows measure the steady state). Default: 4.
         paths: which paths, keys of :data:`PATHS`. Default: all.
 
     Returns:
@@ -150,26 +154,32 @@ def benchmark_throughput(
     }
     with tempfile.TemporaryDirectory() as tmp:
         data = _prepare(Path(tmp), images_per_class)
-        for name in paths:
-            print(f"[throughput] {PATHS[name]} ...", file=sys.stderr, flush=True)
-            result = _in_own_process(name, data, config)
-            results["paths"][name] = result
+        results["paths"] = _measure_alternating(list(paths), data, config)
+        for name, result in results["paths"].items():
             if "error" not in result:
                 rate = result["images_per_s"]
-                print(f"[throughput]   {rate:,.0f} images/s", file=sys.stderr, flush=True)
+                print(f"[throughput] {PATHS[name]}: {rate:,.0f} images/s", file=sys.stderr)
     results["load_average_end"] = os.getloadavg()
     results["ratios"] = _ratios(results["paths"])
+    results["ratios_paired"] = _ratios(results["paths"], paired=True)
     (out_dir / "throughput.json").write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / "throughput.md").write_text(throughput_table(results) + "\n")
     _chart(results, out_dir / "throughput.png")
     return results
 
 
-def _ratios(paths: dict[str, Any]) -> dict[str, float | None]:
+def _ratios(paths: dict[str, Any], paired: bool = False) -> dict[str, float | None]:
+    """Ratios of the paths' images/s: of their medians, or (``paired``) the median of the
+    ratios of their windows of one round, which ran minutes apart at most and so under
+    much the same load of the machine's other jobs."""
+
     def ratio(a: str, b: str) -> float | None:
-        if a in paths and b in paths and "error" not in paths[a] and "error" not in paths[b]:
-            return paths[a]["images_per_s"] / paths[b]["images_per_s"]
-        return None
+        if a not in paths or b not in paths or "error" in paths[a] or "error" in paths[b]:
+            return None
+        if paired:
+            pairs = zip(paths[a]["windows"], paths[b]["windows"], strict=True)
+            return statistics.median(x / y for x, y in pairs)
+        return paths[a]["images_per_s"] / paths[b]["images_per_s"]
 
     return {
         "relabel_memory_vs_dali": ratio("relabel_memory", "dali"),
@@ -192,70 +202,141 @@ def _prepare(root: Path, images_per_class: int) -> dict[str, Any]:
     return {"data": data, "store": str(store)}
 
 
-# -- one path, in a process of its own -----------------------------------------------------
-def _in_own_process(name: str, data: dict[str, Any], config: _Config) -> dict[str, Any]:
+# -- each path in a process of its own, their timed windows alternating ----------------------
+def _measure_alternating(
+    names: list[str], data: dict[str, Any], config: _Config
+) -> dict[str, dict[str, Any]]:
+    """Every path's results. Each path runs in a process of its own (its memory is its
+    own), all of them at once; their timed windows take turns, in a rotating order, each
+    after the others have gone idle, so that a shared machine's changing load falls on
+    every path alike instead of on whichever ran at a busy moment."""
     # spawn: a fresh interpreter, as a separate command would be, without a fork of this
     # process's threads and memory.
     context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_measure_in_child, args=(name, data, config, send))
-    child.start()
-    send.close()  # the child holds the other end: a crash reads as EOF
-    try:
-        result = receive.recv()
-    except EOFError:
-        result = {"error": f"the process measuring {name} died (exit code {child.exitcode})"}
-    child.join()
-    return result
+    children: dict[str, tuple[Any, Any]] = {}
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        print(f"[throughput] starting {PATHS[name]} ...", file=sys.stderr, flush=True)
+        parent_end, child_end = context.Pipe()
+        child = context.Process(target=_serve_in_child, args=(name, data, config, child_end))
+        child.start()
+        child_end.close()  # the child holds the other end: a crash reads as EOF
+        children[name] = (child, parent_end)
+    windows: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+
+    def ask(name: str, command: str) -> dict[str, Any] | None:
+        child, conn = children[name]
+        try:
+            conn.send(command)
+            answer = conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            answer = {"error": f"the process measuring {name} died (exit code {child.exitcode})"}
+        if "error" in answer:
+            results[name] = answer
+            return None
+        return answer
+
+    live = [name for name in names if ask(name, "ready") is not None]
+    for w in range(config.windows):
+        for name in live[w % len(live) :] + live[: w % len(live)] if live else []:
+            if name not in results and (window := ask(name, "window")) is not None:
+                windows[name].append(window)
+    for name in names:
+        if name not in results:
+            final = ask(name, "stop")
+            if final is not None:
+                rates = [w["images_per_s"] for w in windows[name]]
+                results[name] = {
+                    "images_per_s": statistics.median(rates),
+                    "min": min(rates),
+                    "max": max(rates),
+                    "windows": rates,
+                    # CPU time per image (all threads and worker processes): unlike
+                    # images/s, other jobs sharing the machine's cores do not change it
+                    "cpu_ms_per_image": statistics.median(
+                        w["cpu_ms_per_image"] for w in windows[name]
+                    ),
+                    **final,
+                }
+        child, conn = children[name]
+        conn.close()
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+    return {name: results[name] for name in names}
 
 
-def _measure_in_child(name: str, data: dict[str, Any], config: _Config, send: Any) -> None:
+def _serve_in_child(name: str, data: dict[str, Any], config: _Config, conn: Any) -> None:
     # A spawned child inherits "spawn" as its start method; DataLoader workers should start
     # as in a training script run as a command: with the platform's default.
     multiprocessing.set_start_method(None, force=True)
     try:
-        result = _measure(name, data, config)
+        path = _Path(name, data, config)
+        while True:
+            command = conn.recv()
+            if command == "ready":
+                conn.send(path.ready())
+            elif command == "window":
+                conn.send(path.window())
+            else:
+                conn.send(path.stop())
+                break
     except Exception as e:  # reported as the path's result; the other paths still run
         traceback.print_exc()
-        result = {"error": f"{type(e).__name__}: {e}"}
-    send.send(result)
-    send.close()
+        conn.send({"error": f"{type(e).__name__}: {e}"})
+    conn.close()
 
 
-def _measure(name: str, data: dict[str, Any], config: _Config) -> dict[str, Any]:
-    import torch
+class _Path:
+    """One path's batches in its own process, measured one window at a time."""
 
-    from dali_relabel.tools._bench_paths import FACTORIES
+    def __init__(self, name: str, data: dict[str, Any], config: _Config) -> None:
+        import torch
 
-    torch.set_num_threads(config.threads)
-    rss = _PeakRSS()
-    batches = FACTORIES[name](data["data"], data["store"], config)
-    sync = torch.cuda.synchronize if config.device == "cuda" else (lambda: None)
-    for _ in range(config.warmup_batches):
-        next(batches)
-    sync()
-    rates, cpu = [], []
-    for _ in range(config.windows):
-        start, cpu_start = time.perf_counter(), rss.cpu_seconds()
-        n = 0
-        for _ in range(config.window_batches):
-            n += next(batches)[0].shape[0]
-        sync()
-        rates.append(n / (time.perf_counter() - start))
-        cpu.append(1000 * (rss.cpu_seconds() - cpu_start) / n)
-    result = {
-        "images_per_s": statistics.median(rates),
-        "min": min(rates),
-        "max": max(rates),
-        "windows": rates,
-        # CPU time per image (all threads and worker processes): unlike images/s, it does
-        # not change when other jobs share the machine's cores
-        "cpu_ms_per_image": statistics.median(cpu),
-        "peak_host_rss_mb": rss.stop() / 2**20,
-    }
-    if config.device == "cuda":
-        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return result
+        from dali_relabel.tools._bench_paths import FACTORIES
+
+        torch.set_num_threads(config.threads)
+        self._torch = torch
+        self._config = config
+        self._rss = _PeakRSS()
+        self._batches = FACTORIES[name](data["data"], data["store"], config)
+        self._sync = torch.cuda.synchronize if config.device == "cuda" else (lambda: None)
+
+    def _take(self, count: int) -> int:
+        return sum(next(self._batches)[0].shape[0] for _ in range(count))
+
+    def _settle(self, limit_s: float = 10.0) -> None:
+        """Wait until this process and its workers are idle (their prefetch done)."""
+        stop = time.monotonic() + limit_s
+        while time.monotonic() < stop:
+            before = self._rss.cpu_seconds()
+            time.sleep(0.1)
+            if self._rss.cpu_seconds() - before < 0.01:
+                return
+
+    def ready(self) -> dict[str, Any]:
+        self._take(self._config.warmup_batches)
+        self._sync()
+        self._settle()
+        return {}
+
+    def window(self) -> dict[str, float]:
+        """Images/s and CPU ms per image of ``window_batches`` batches, in steady state:
+        the batches ready in the prefetch queues are taken first, untimed."""
+        self._take(self._config.warmup_batches)
+        self._sync()
+        start, cpu_start = time.perf_counter(), self._rss.cpu_seconds()
+        n = self._take(self._config.window_batches)
+        self._sync()
+        elapsed, cpu = time.perf_counter() - start, self._rss.cpu_seconds() - cpu_start
+        self._settle()
+        return {"images_per_s": n / elapsed, "cpu_ms_per_image": 1000 * cpu / n}
+
+    def stop(self) -> dict[str, Any]:
+        result = {"peak_host_rss_mb": self._rss.stop() / 2**20}
+        if self._config.device == "cuda":
+            result["peak_cuda_mb"] = self._torch.cuda.max_memory_allocated() / 2**20
+        return result
 
 
 class _PeakRSS:
