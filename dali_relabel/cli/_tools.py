@@ -66,7 +66,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--crop-size", type=int, default=224, help="Default: 224")
     p.add_argument("--threads", type=int, default=None, help="Default: the CPU count")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    p.add_argument("--windows", type=int, default=4, help="Default: 4")
+    p.add_argument("--windows", type=int, default=8, help="timed windows per path. Default: 8")
     p.add_argument("--window-batches", type=int, default=8, help="Default: 8")
     p.add_argument(
         "--warmup-batches", type=int, default=4, help="untimed before each window. Default: 4"

@@ -89,7 +89,7 @@ def benchmark_throughput(
     crop_size: int = 224,
     threads: int | None = None,
     device: str | None = None,
-    windows: int = 4,
+    windows: int = 8,
     window_batches: int = 8,
     warmup_batches: int = 4,
     paths: Sequence[str] = tuple(PATHS),
@@ -106,7 +106,7 @@ def benchmark_throughput(
         crop_size: side of the crops. Default: 224.
         threads: DALI threads and DataLoader workers. Default: None (the CPU count).
         device: "cpu" or "cuda". Default: None (CUDA when available).
-        windows: timed windows per path. Default: 4.
+        windows: timed windows per path. Default: 8.
         window_batches: batches per window. Default: 8.
         warmup_batches: batches taken untimed before each window (the batches the
             prefetch queues hold: windows measure the steady state). Default: 4.
