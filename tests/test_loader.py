@@ -257,6 +257,18 @@ def test_eval_batches_fed_ahead_serve_any_epoch(coded, monkeypatch):
     assert len(spy.taken) == 3 * len(loader)  # no batch in flight was dropped
 
 
+def test_a_new_iter_ends_the_previous_one(coded):
+    loader = _coded_loader(coded, seed=6)
+    first = iter(loader)
+    next(first)
+    second = iter(loader)  # epoch 1: one pipeline runs one epoch at a time
+    images, soft, _ = next(second)
+    assert soft.argmax(1).tolist() == _decode_ids(images.cpu())
+    with pytest.raises(RuntimeError, match="left for a later iter"):
+        next(first)
+    assert len(list(second)) == len(loader) - 1
+
+
 @pytest.mark.parametrize(
     "where",
     [
