@@ -1,9 +1,10 @@
-"""Host -> device copies come from pinned memory (loader/_transfer.py).
+"""Host -> device copies: one pinned buffer per batch (loader/_transfer.py).
 
-The CUDA branch runs here with the "meta" device and a recording ``pin_memory`` (this
-machine may have no GPU): what reaches ``Tensor.to`` for another device must be the
-pinned tensor, copied with ``non_blocking=True``; on CPU nothing is copied at all.
-tests/test_loader.py's GPU test checks the effect on CUDA: no wait for queued work.
+The CUDA branch runs here with the "meta" device and a recording ``torch.empty`` (this
+machine may have no GPU): what reaches ``Tensor.to`` for another device must be one
+buffer allocated pinned, copied with ``non_blocking=True``; on the CPU nothing is copied.
+The packing itself is checked on the CPU, byte for byte. tests/test_loader.py's GPU test
+checks the effect on CUDA: no wait for queued work.
 """
 
 from __future__ import annotations
@@ -11,34 +12,62 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dali_relabel.loader._transfer import to_device
+from dali_relabel.loader import _transfer
+from dali_relabel.loader._transfer import pack, to_device, unpack
 
 
-def test_copies_to_another_device_come_from_pinned_memory(monkeypatch):
+def _arrays():
+    rng = np.random.default_rng(0)
+    return [
+        np.arange(7, dtype=np.int64),  # sample indices
+        rng.random((7, 4)).astype(np.float32),  # boxes
+        rng.random(7) < 0.5,  # mirror flags
+        rng.random((7, 5, 3, 3)).astype(np.float16),  # scores
+        rng.integers(-1000, 1000, (7, 5, 3, 3)).astype(np.int16),  # classes
+        np.empty((0, 4), dtype=np.float64),
+    ]
+
+
+def test_pack_and_unpack_give_back_every_array():
+    arrays = _arrays()
+    buffer, layout = pack(arrays, pin=False)
+    assert buffer.dtype == torch.uint8 and buffer.dim() == 1
+    for original, unpacked in zip(arrays, unpack(buffer, layout), strict=True):
+        assert unpacked.shape == original.shape
+        assert unpacked.dtype == torch.from_numpy(original).dtype
+        np.testing.assert_array_equal(unpacked.numpy(), original)
+        if original.size:  # aligned views of the one buffer
+            assert unpacked.data_ptr() % 8 == 0
+            assert 0 <= unpacked.data_ptr() - buffer.data_ptr() < buffer.numel()
+
+
+def test_a_batch_goes_to_another_device_in_one_copy_from_pinned_memory(monkeypatch):
     pinned, copies = [], []
-    to = torch.Tensor.to
+    empty, to = torch.empty, torch.Tensor.to
 
-    def pin_memory(self):
-        out = self.clone()
-        pinned.append(out)
+    def recording_empty(*args, pin_memory=False, **kwargs):
+        out = empty(*args, **kwargs)
+        if pin_memory:
+            pinned.append(out)
         return out
 
     def recording_to(self, *args, **kwargs):
         copies.append((self, kwargs.get("non_blocking", False)))
         return to(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
-    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: any(self is p for p in pinned))
+    monkeypatch.setattr(_transfer.torch, "empty", recording_empty)
     monkeypatch.setattr(torch.Tensor, "to", recording_to)
     meta = torch.device("meta")
-    out = to_device(np.arange(6, dtype=np.int64).reshape(2, 3), meta)
-    assert out.device == meta and out.shape == (2, 3) and out.dtype == torch.int64
+    arrays = _arrays()
+    out = to_device(arrays, meta)
+    monkeypatch.undo()
     assert len(pinned) == 1 and copies == [(pinned[0], True)]
-    again = to_device(pinned[0], meta)  # already pinned: not pinned twice
-    assert again.device == meta and len(pinned) == 1 and copies[-1] == (pinned[0], True)
+    for original, moved in zip(arrays, out, strict=True):
+        assert moved.device == meta and moved.shape == original.shape
+        assert moved.dtype == torch.from_numpy(original).dtype
 
 
 def test_cpu_batches_are_not_copied():
-    array = np.arange(4.0)
-    out = to_device(array, torch.device("cpu"))
-    assert out.data_ptr() == torch.from_numpy(array).data_ptr()
+    arrays = _arrays()
+    out = to_device(arrays, torch.device("cpu"))
+    assert [t.data_ptr() for t in out[:5]] == [a.ctypes.data for a in arrays[:5]]

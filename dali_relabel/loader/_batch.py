@@ -116,14 +116,16 @@ class BatchAssembler:
             )
         images = self._images(named["images"], exec_dynamic)
         if self._targets == "hard":
-            return images, self._labels[self._to_device(indices)]
+            (at,) = to_device([indices], self._device)
+            return images, self._labels[at]
         boxes, mirrors = self._graph.boxes(named)
         if self._pooler is None:
-            soft = self._soft_targets(indices, boxes, mirrors, maps)
+            soft, at = self._soft_targets(indices, boxes, mirrors, maps)
         else:
-            soft = self._pooler.submit(self._soft_targets, indices, boxes, mirrors, maps).result()
+            job = self._pooler.submit(self._soft_targets, indices, boxes, mirrors, maps)
+            soft, at = job.result()
         if self._targets == "both":
-            return images, soft, self._labels[self._to_device(indices)]
+            return images, soft, self._labels[at]
         return images, soft
 
     def close(self) -> None:
@@ -134,23 +136,32 @@ class BatchAssembler:
     # -- targets ----------------------------------------------------------------------
     def _soft_targets(
         self, indices: np.ndarray, boxes: np.ndarray, mirrors: np.ndarray, maps: Any
-    ) -> torch.Tensor:
-        scores, classes = maps if maps is not None else self._label_maps.gather(indices)
-        scores, classes = self._to_device(scores), self._to_device(classes)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled targets and the sample indices, on the device."""
+        host = [indices, boxes, mirrors]
+        if self._label_maps.on_device:
+            host.append(self._label_maps.rows(indices))
+        else:
+            host.extend(maps if maps is not None else self._label_maps.read(indices))
+        # one copy of one pinned buffer on CUDA: nothing waits for the device
+        moved = to_device(host, self._device)
+        at, boxes_at, mirrors_at = moved[:3]
+        if self._label_maps.on_device:
+            scores, classes = self._label_maps.select(moved[3])
+        else:
+            scores, classes = moved[3], moved[4]
         local = self._targets == "local"
-        return relabel_targets(
+        soft = relabel_targets(
             scores,
             classes,
-            self._to_device(boxes),
+            boxes_at,
             self._num_classes,
             output_size=self._local_size if local else 1,
-            flip=self._to_device(mirrors) if local else None,
+            flip=mirrors_at if local else None,
             temperature=self._temperature,
             validate=self._device.type == "cpu",  # a host sync on CUDA; boxes are ours
         )
-
-    def _to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return to_device(array, self._device)
+        return soft, at
 
     # -- images -----------------------------------------------------------------------
     def _images(self, tensor_list: Any, exec_dynamic: bool) -> torch.Tensor:

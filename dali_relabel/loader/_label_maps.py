@@ -29,7 +29,6 @@ from dali_relabel.errors import (
     StoreMismatchError,
 )
 from dali_relabel.imagefolder import ImageFolderList
-from dali_relabel.loader._transfer import to_device
 from dali_relabel.store import LabelMapStore
 
 __all__ = ["MEMORY", "LabelMaps", "scan_in_store_classes", "store_rows"]
@@ -98,28 +97,35 @@ class LabelMaps:
             self._maps = (scores, classes)
         self._rows = rows
 
-    def gather(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (scores, classes) maps of the samples ``indices``, in that order: on the
-        device in "device" mode, else in host memory (pinned when streamed to CUDA)."""
-        rows = indices if self._rows is None else self._rows[indices]
+    @property
+    def on_device(self) -> bool:
+        """The maps are on the CUDA device: a batch is selected there by its table rows."""
+        return self.memory == "device"
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """The table rows of the samples ``indices``, int64 (for :meth:`select`)."""
+        return indices if self._rows is None else self._rows[indices]
+
+    def select(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, classes) of table ``rows`` (a tensor on the device), on the device."""
+        return self._maps[0].index_select(0, rows), self._maps[1].index_select(0, rows)
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (scores, classes) maps of the samples ``indices``, in that order, in host
+        memory: taken from the table ("host") or read from the store ("stream")."""
+        rows = self.rows(indices)
         if self._maps is not None and isinstance(self._maps[0], np.ndarray):
             # numpy's take: hundreds of times faster here than torch's CPU index_select
             scores, classes = (np.take(table, rows, axis=0) for table in self._maps)
-            return torch.from_numpy(scores), torch.from_numpy(classes)
-        if self._maps is not None:
-            at = to_device(rows, self._device)
-            return self._maps[0].index_select(0, at), self._maps[1].index_select(0, at)
-        scores, classes = self._store.read_torch(rows)
-        if self._device.type == "cuda":  # on the reading thread, not the trainer's
-            scores, classes = scores.pin_memory(), classes.pin_memory()
-        return scores, classes
+            return scores, classes
+        return self._store.read(rows)
 
     def read_async(self, indices: np.ndarray) -> cf.Future | None:
         """The maps of ``indices`` read on a thread when they stay in the store ("stream");
-        None where they are in memory (a gather per batch is cheap there)."""
+        None where they are in memory (reading them per batch is cheap there)."""
         if self._reader is None:
             return None
-        return self._reader.submit(self.gather, indices)
+        return self._reader.submit(self.read, indices)
 
     def __del__(self) -> None:
         reader = getattr(self, "_reader", None)

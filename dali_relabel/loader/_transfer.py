@@ -1,32 +1,68 @@
-"""Host -> device copies that never wait for the device.
+"""Host -> device copies that never wait for the device: one pinned buffer per batch.
 
 ``tensor.to("cuda", non_blocking=True)`` from *pageable* host memory synchronizes with the
 stream before it copies: the loader would wait for the trainer's queued GPU work on every
-batch (measured on an H200: ``next(loader)`` waited out a second of queued kernels). From
-pinned memory the copy is queued and returns at once. torch's caching host allocator
-(``pin_memory()``) hands out pinned blocks cheaply after warm-up, and does not reuse a
-block before the copies queued from it are done (it records them: the copy's source must
-be the tensor ``pin_memory()`` returned, not a view made through numpy).
+batch (seen on the lent H200: ``next(loader)`` waited out a second of queued kernels).
+From pinned memory the copy is queued and returns at once.
+
+A batch's host data (sample indices, crop boxes, mirror flags, gathered label maps or
+their table rows) is packed into one pinned buffer and copied in one transfer, then
+viewed on the device. One buffer per batch, from torch's caching host allocator: it hands
+out pinned blocks without a new page-locked allocation once it holds as many as are in
+flight (a new one can wait for the device, as CUDA allocations of page-locked memory may),
+and does not reuse a block before the copy queued from it is done (it records the copy:
+the copy's source must be the tensor it allocated, not a view made through numpy).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
-__all__ = ["to_device"]
+__all__ = ["pack", "to_device", "unpack"]
+
+# each array starts at a multiple of this in the buffer, so every dtype's view is aligned
+_ALIGN = 64
+#: (byte offset, dtype, shape) of each array in a packed buffer.
+Layout = list[tuple[int, torch.dtype, tuple[int, ...]]]
 
 
-def to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``array`` on ``device``; on CUDA copied from pinned memory without waiting.
+def to_device(arrays: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """``arrays`` as tensors on ``device``: on the CPU the arrays themselves (no copy), on
+    another device one non-blocking copy of one pinned buffer holding them all.
 
     Args:
-        array: host data (a numpy array or a CPU tensor), or a tensor already on ``device``.
+        arrays: host arrays (any dtypes and shapes).
         device: the target device.
     """
-    tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
-    if tensor.device == device or device.type == "cpu":
-        return tensor.to(device)
-    if tensor.device.type == "cpu" and not tensor.is_pinned():
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
+    if device.type == "cpu":
+        return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+    buffer, layout = pack(arrays, pin=True)
+    return unpack(buffer.to(device, non_blocking=True), layout)
+
+
+def pack(arrays: Sequence[np.ndarray], *, pin: bool) -> tuple[torch.Tensor, Layout]:
+    """``arrays`` in one uint8 host tensor (pinned with ``pin``), and where each lies."""
+    layout: Layout = []
+    offset = 0
+    for array in arrays:
+        dtype = torch.from_numpy(np.empty(0, dtype=array.dtype)).dtype
+        layout.append((offset, dtype, tuple(array.shape)))
+        offset += -(-array.nbytes // _ALIGN) * _ALIGN
+    buffer = torch.empty(max(offset, 1), dtype=torch.uint8, pin_memory=pin)
+    view = buffer.numpy()
+    for array, (start, _, _) in zip(arrays, layout, strict=True):
+        flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        view[start : start + flat.size] = flat
+    return buffer, layout
+
+
+def unpack(buffer: torch.Tensor, layout: Layout) -> list[torch.Tensor]:
+    """The arrays of :func:`pack` as views of ``buffer`` (on whatever device it is)."""
+    out = []
+    for start, dtype, shape in layout:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+        out.append(buffer[start : start + nbytes].view(dtype).view(shape))
+    return out
