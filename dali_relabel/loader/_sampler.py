@@ -1,8 +1,8 @@
 """Which sample indices one process reads in one epoch, in which order.
 
 :class:`ShardSampler` has ``torch.utils.data.DistributedSampler``'s contract (seeded
-permutation per epoch, shard ``rank`` of ``world_size``, equal shard sizes for training);
-the loader builds each epoch's DALI file list from it. docs/LOADER.md ("Sharding").
+permutation per epoch, shard ``rank`` of ``world_size``, equal shard sizes); the loader
+feeds each epoch's batches to DALI in its order. docs/LOADER.md ("Sharding").
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ class ShardSampler:
 
     Epoch ``e`` permutes all samples with ``seed`` and ``e`` (the same on every rank),
     and rank ``r`` takes every ``world_size``-th index from position ``r``. With
-    ``even=True`` (training) every rank gets the same count, as DistributedSampler
-    gives: the permutation is padded by repeating its start (at most ``world_size - 1``
-    samples, so that ranks step in lockstep under DDP) or, with ``drop_last``, cut to a
-    multiple of ``world_size``. With ``even=False`` (evaluation) the shards are disjoint
-    and cover every sample exactly once; their sizes differ by at most one.
+    ``even=True`` (the loader's ``even_shards``, its default in training and evaluation)
+    every rank gets the same count, as DistributedSampler gives: the permutation is
+    padded by repeating its start (at most ``world_size - 1`` samples, so that ranks step
+    in lockstep under per-batch collectives) or, with ``drop_last``, cut to a multiple of
+    ``world_size``. With ``even=False`` the shards are disjoint and cover every sample
+    exactly once; their sizes differ by at most one.
 
     Args:
         num_samples: samples in the dataset.
