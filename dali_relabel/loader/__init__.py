@@ -17,14 +17,13 @@ from dali_relabel.loader._graph import (  # noqa: E402  (after the check that na
     EVAL_OUTPUTS,
     TRAIN_INPUTS,
     TRAIN_OUTPUTS,
-    build_eval_pipeline,
-    build_train_pipeline,
     center_crop_boxes,
     default_resize_size,
     train_boxes,
 )
 from dali_relabel.loader._label_maps import MEMORY  # noqa: E402
 from dali_relabel.loader._loader import BAD_IMAGE, TARGETS, ReLabelLoader  # noqa: E402
+from dali_relabel.loader._pipelines import build_eval_pipeline, build_train_pipeline  # noqa: E402
 from dali_relabel.loader._sampler import ShardSampler  # noqa: E402
 
 __all__ = [

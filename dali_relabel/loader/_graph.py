@@ -18,7 +18,8 @@ window internally and cannot export it, so the graph is
 and exports, per sample, the window (anchor and shape in pixels, HW order), the image's
 shape and the mirror flag; :func:`train_boxes` turns them into normalized (x1, y1, x2, y2)
 boxes of the original image. :class:`LoaderGraph` is the graph of one loader: its
-pipeline, a batch's inputs, and a batch's outputs read by name (never by position).
+pipeline, a batch's inputs, and a batch's outputs read by name (never by position);
+:mod:`._pipelines` builds the same graphs fed from a list of files, for comparison.
 
 Decoding runs on the GPU ("mixed") when a ``device_id`` is given and on the CPU
 otherwise. EXIF orientation is ignored, as Pillow (and so torchvision's ImageFolder and
@@ -37,8 +38,6 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
 from dali_relabel import _checks
-from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
-from dali_relabel.errors import ArgumentError
 from dali_relabel.loader._crops import batch_generator, crop_inputs, draw_crops, rrc_window
 
 __all__ = [
@@ -46,10 +45,11 @@ __all__ = [
     "EVAL_OUTPUTS",
     "TRAIN_INPUTS",
     "TRAIN_OUTPUTS",
+    "GraphSpec",
     "LoaderGraph",
-    "build_eval_pipeline",
-    "build_train_pipeline",
+    "build_graph",
     "center_crop_boxes",
+    "dali_dtype",
     "default_resize_size",
     "sample_indices",
     "train_boxes",
@@ -80,14 +80,16 @@ _INPUT_TYPES = {
 # held for good, to save a few reallocations per thread in an epoch.
 
 
-def _dali_dtype(dtype: str):
+def dali_dtype(dtype: str):
+    """DALI's type of the image dtype ``dtype`` ("float32" or "float16")."""
     table = {"float32": types.FLOAT, "float16": types.FLOAT16}
     return table[_checks.one_of("dtype", dtype, sorted(table))]
 
 
 @dataclasses.dataclass(frozen=True)
-class _Spec:
-    """What a graph computes (see :func:`build_train_pipeline` for each field)."""
+class GraphSpec:
+    """What a graph computes; fields as the arguments of
+    :func:`~dali_relabel.loader.build_train_pipeline` and ``build_eval_pipeline``."""
 
     train: bool
     crop_size: int
@@ -151,7 +153,7 @@ class _Spec:
         return fn.crop_mirror_normalize(
             images,
             mirror=mirror,
-            dtype=_dali_dtype(self.dtype),
+            dtype=dali_dtype(self.dtype),
             output_layout="HWC" if self.channels_last else "CHW",
             mean=[255.0 * m for m in self.mean],
             std=[255.0 * s for s in self.std],
@@ -163,8 +165,8 @@ class _Spec:
         return TRAIN_INPUTS if self.train else EVAL_INPUTS
 
 
-def _build(
-    spec: _Spec,
+def build_graph(
+    spec: GraphSpec,
     *,
     batch_size: int,
     num_threads: int,
@@ -199,181 +201,6 @@ def _build(
     )
     pipe.build()
     return pipe
-
-
-def _encode_path(path: str | os.PathLike) -> np.ndarray:
-    """A file path as the uint8 array ``fn.io.file.read`` takes (bytes as the OS has them)."""
-    return np.frombuffer(os.fsencode(path), dtype=np.uint8)
-
-
-class _FileCycle:
-    """The inputs of :func:`build_train_pipeline` / :func:`build_eval_pipeline`: the files
-    in order, ``batch_size`` at a time (the list's last batch smaller), then again."""
-
-    def __init__(self, files, labels, batch_size: int, spec: _Spec, seed: int) -> None:
-        self._paths = [_encode_path(f) for f in files]
-        self._labels = np.asarray(labels, dtype=np.int64)
-        self._batch_size = batch_size
-        self._spec = spec
-        self._seed = seed
-        self._pass = self._batch = 0
-
-    def __call__(self) -> tuple:
-        start = self._batch * self._batch_size
-        stop = min(start + self._batch_size, len(self._paths))
-        batch = {"paths": self._paths[start:stop], "indices": self._labels[start:stop]}
-        if self._spec.train:
-            rng = batch_generator(self._seed, self._pass, 0, self._batch)
-            draws = draw_crops(rng, stop - start, self._spec.scale, self._spec.ratio)
-            batch.update(crop_inputs(draws))
-        self._batch += 1
-        if stop == len(self._paths):
-            self._pass, self._batch = self._pass + 1, 0
-        return tuple(batch[n] for n in self._spec.input_names)
-
-
-def _check_common(files, labels, batch_size: int, crop_size: int, num_threads: int) -> None:
-    if len(files) == 0:
-        raise ArgumentError("files is empty; a DALI pipeline needs at least one file")
-    if len(labels) != len(files):
-        raise ArgumentError(
-            f"labels must have one entry per file ({len(files)}), got {len(labels)}"
-        )
-    _checks.positive_int("batch_size", batch_size)
-    _checks.positive_int("crop_size", crop_size)
-    _checks.positive_int("num_threads", num_threads)
-
-
-def _joined(files: Sequence[str], file_root: str | os.PathLike | None) -> list[str]:
-    if file_root is None:
-        return [os.fspath(f) for f in files]
-    return [os.path.join(os.fspath(file_root), os.fspath(f)) for f in files]
-
-
-def build_train_pipeline(
-    files: Sequence[str],
-    labels: Sequence[int],
-    *,
-    batch_size: int,
-    file_root: str | os.PathLike | None = None,
-    crop_size: int = 224,
-    scale: tuple[float, float] = RRC_SCALE,
-    ratio: tuple[float, float] = RRC_RATIO,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    dtype: str = "float32",
-    channels_last: bool = False,
-    device_id: int | None = None,
-    num_threads: int = 2,
-    seed: int = 0,
-    prefetch_queue_depth: int = 2,
-):
-    """A built DALI pipeline of RandomResizedCrop training, outputs :data:`TRAIN_OUTPUTS`.
-
-    The loader's training graph, fed from ``files`` in their order: each ``run()``
-    returns the next ``batch_size`` files (the list's last batch smaller, never padded;
-    then the list starts again): images (normalized, [B, 3, S, S] or [B, S, S, 3]),
-    indices (the ``labels``, int64 [B]), anchors and shapes of the crop windows (int32
-    [B, 2], pixels, (y, x) and (h, w)), image_shapes (int64 [B, 3], H, W, C) and mirrors
-    (int32 [B], 1 where mirrored).
-
-    Args:
-        files: image paths, absolute or relative to ``file_root``, in reading order.
-        labels: one integer per file (the loader passes sample indices).
-        batch_size: samples per batch.
-        file_root: folder that relative ``files`` start from. Default: None.
-        crop_size: side S of the square output. Default: 224.
-        scale: range of the crop's area as a fraction of the image's. Default: (0.08, 1).
-        ratio: range of the crop's aspect ratio (width / height). Default: (3/4, 4/3).
-        mean: channel means on the 0-1 scale (RGB). Default: ImageNet's.
-        std: channel standard deviations on the 0-1 scale. Default: ImageNet's.
-        dtype: "float32" or "float16" images. Default: "float32".
-        channels_last: HWC samples instead of CHW. Default: False.
-        device_id: CUDA device for decoding ("mixed"), resizing and normalizing; None runs
-            every operator on the CPU. Default: None.
-        num_threads: DALI CPU worker threads. Default: 2.
-        seed: seed of the crops and flips; batch ``b`` of pass ``p`` over the list draws
-            from (seed, p, 0, b). Default: 0.
-        prefetch_queue_depth: batches DALI computes ahead. Default: 2.
-    """
-    _check_common(files, labels, batch_size, crop_size, num_threads)
-    _checks.at_least("seed", seed, 0)
-    spec = _Spec(
-        train=True,
-        crop_size=crop_size,
-        resize_size=default_resize_size(crop_size),
-        scale=tuple(scale),
-        ratio=tuple(ratio),
-        mean=tuple(mean),
-        std=tuple(std),
-        dtype=dtype,
-        channels_last=channels_last,
-        device_id=device_id,
-    )
-    _dali_dtype(dtype)
-    source = _FileCycle(_joined(files, file_root), labels, batch_size, spec, seed)
-    return _build(
-        spec,
-        batch_size=batch_size,
-        num_threads=num_threads,
-        prefetch_queue_depth=prefetch_queue_depth,
-        source=source,
-    )
-
-
-def build_eval_pipeline(
-    files: Sequence[str],
-    labels: Sequence[int],
-    *,
-    batch_size: int,
-    file_root: str | os.PathLike | None = None,
-    crop_size: int = 224,
-    resize_size: int | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    dtype: str = "float32",
-    channels_last: bool = False,
-    device_id: int | None = None,
-    num_threads: int = 2,
-    prefetch_queue_depth: int = 2,
-):
-    """A built DALI pipeline of evaluation preprocessing, outputs :data:`EVAL_OUTPUTS`.
-
-    Resize the shorter side to ``resize_size``, crop the center ``crop_size`` square,
-    normalize (torchvision's ``Resize`` + ``CenterCrop``). Outputs images, indices and
-    image_shapes as in :func:`build_train_pipeline`; reading order and batches as there.
-
-    Args:
-        resize_size: shorter side before the crop. Default: None (``round(crop_size /
-            0.875)``, 256 for 224).
-        files, labels, batch_size, file_root, crop_size, mean, std, dtype, channels_last,
-            device_id, num_threads, prefetch_queue_depth: as in :func:`build_train_pipeline`.
-    """
-    _check_common(files, labels, batch_size, crop_size, num_threads)
-    resize_size = default_resize_size(crop_size) if resize_size is None else int(resize_size)
-    if resize_size < crop_size:
-        raise ArgumentError(f"resize_size ({resize_size}) must be >= crop_size ({crop_size})")
-    _dali_dtype(dtype)
-    spec = _Spec(
-        train=False,
-        crop_size=crop_size,
-        resize_size=resize_size,
-        scale=RRC_SCALE,
-        ratio=RRC_RATIO,
-        mean=tuple(mean),
-        std=tuple(std),
-        dtype=dtype,
-        channels_last=channels_last,
-        device_id=device_id,
-    )
-    source = _FileCycle(_joined(files, file_root), labels, batch_size, spec, 0)
-    return _build(
-        spec,
-        batch_size=batch_size,
-        num_threads=num_threads,
-        prefetch_queue_depth=prefetch_queue_depth,
-        source=source,
-    )
 
 
 def default_resize_size(crop_size: int) -> int:
@@ -444,7 +271,7 @@ class LoaderGraph:
         seed: int,
         rank: int,
     ) -> None:
-        self._spec = _Spec(
+        self._spec = GraphSpec(
             train=train,
             crop_size=crop_size,
             resize_size=resize_size,
@@ -474,7 +301,7 @@ class LoaderGraph:
 
     def build(self, batch_size: int, prefetch_queue_depth: int) -> Any:
         """The built pipeline, inputs by name (:meth:`feed`), batches of up to ``batch_size``."""
-        return _build(
+        return build_graph(
             self._spec,
             batch_size=batch_size,
             num_threads=self.num_threads,
