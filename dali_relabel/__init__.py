@@ -14,10 +14,13 @@ __version__ = "0.1.0"
 __all__ = [
     "LabelMapStore",
     "LabelPooling",
+    "LocalSoftTargetCrossEntropy",
     "ReLabelLoader",
+    "SoftTargetCrossEntropy",
     "__version__",
     "label_pooling",
     "relabel_targets",
+    "soft_target_cross_entropy",
 ]
 
 # public name -> module that defines it
@@ -27,10 +30,18 @@ _LAZY = {
     "label_pooling": "dali_relabel.ops.label_pooling",
     "relabel_targets": "dali_relabel.ops.label_pooling",
     "ReLabelLoader": "dali_relabel.loader",
+    "SoftTargetCrossEntropy": "dali_relabel.losses",
+    "LocalSoftTargetCrossEntropy": "dali_relabel.losses",
+    "soft_target_cross_entropy": "dali_relabel.losses",
 }
 
 if TYPE_CHECKING:
     from dali_relabel.loader import ReLabelLoader
+    from dali_relabel.losses import (
+        LocalSoftTargetCrossEntropy,
+        SoftTargetCrossEntropy,
+        soft_target_cross_entropy,
+    )
     from dali_relabel.ops.label_pooling import LabelPooling, label_pooling, relabel_targets
     from dali_relabel.store import LabelMapStore
 
