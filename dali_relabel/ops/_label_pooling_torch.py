@@ -17,7 +17,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["compute_dtype", "label_pooling_torch", "label_pooling_torch_grad"]
+__all__ = [
+    "compute_dtype",
+    "label_pooling_torch",
+    "label_pooling_torch_grad",
+    "region_pooling_torch",
+]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -28,7 +33,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _axis_weights(
-    start: Tensor, end: Tensor, size: int, bins: int, window: int
+    start: Tensor, end: Tensor, size: int, bins: int, window: int, widen: bool = True
 ) -> tuple[Tensor, Tensor]:
     """1-D ROIAlign weights of one axis, following torchvision's CPU kernel step by step.
 
@@ -41,17 +46,21 @@ def _axis_weights(
         start, end: ROI start and end in grid units, Tensor[B] (``x1 * size - 0.5``).
         size: grid cells along the axis (H or W); bins: output cells along it (h or w).
         window: consecutive cells that can carry weight for one bin.
+        widen: ROIAlign's ``aligned=False`` rule, a ROI thinner than one cell is widened
+            to one cell; False samples its exact extent (``aligned=True``'s rule), and an
+            empty ROI gets no samples and weight 0.
 
     Returns:
         Weights Tensor[B, bins, window] and each window's first cell Tensor[B, bins] (int64).
     """
     # aligned=False forces malformed (thinner than one cell) ROIs to one cell.
-    extent = (end - start).clamp(min=1.0)
+    extent = (end - start).clamp(min=1.0 if widen else 0.0)
     bin_size = extent / bins
     # Adaptive sampling_ratio: ceil(roi_size / pooled_size) points per bin, data dependent.
     # Boxes lie in [0, 1], so extent <= size and the grid never exceeds ceil(size / bins):
     # pad to that static bound and mask, which keeps the shapes fixed and the GPU sync-free.
-    grid = torch.ceil(bin_size)
+    samples = torch.ceil(bin_size)  # 0 only for an empty ROI that is not widened
+    grid = samples.clamp(min=1.0)  # the divisor: a no-op for widened ROIs
     max_grid = -(-size // bins)
     g = torch.arange(max_grid, dtype=start.dtype, device=start.device)
     b = torch.arange(bins, dtype=start.dtype, device=start.device)
@@ -59,7 +68,7 @@ def _axis_weights(
     base = start[:, None] + b * bin_size[:, None]  # [B, bins]
     step = (g + 0.5) * bin_size[:, None] / grid[:, None]  # [B, G]
     pos = base[:, :, None] + step[:, None, :]  # [B, bins, G]
-    used = (g < grid[:, None])[:, None, :]
+    used = (g < samples[:, None])[:, None, :]
     inside = ((pos >= -1.0) & (pos <= size) & used).to(pos.dtype)
     # Clamping to [0, size - 1] reproduces the kernel's two border rules at once: y <= 0
     # reads cell 0, and y_low >= size - 1 reads cell size - 1 with weight 1 (ly = 0).
@@ -78,7 +87,13 @@ def _axis_weights(
 
 
 def _sampling_plan(
-    boxes: Tensor, flip: Tensor | None, height: int, width: int, out_h: int, out_w: int
+    boxes: Tensor,
+    flip: Tensor | None,
+    height: int,
+    width: int,
+    out_h: int,
+    out_w: int,
+    widen: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Weights of every (output cell, grid cell) pair and where those grid cells lie.
 
@@ -95,8 +110,8 @@ def _sampling_plan(
     # rounding of sample positions.
     win_h = min(height, height // out_h + 3)
     win_w = min(width, width // out_w + 3)
-    wy, fy = _axis_weights(y1 * height - 0.5, y2 * height - 0.5, height, out_h, win_h)
-    wx, fx = _axis_weights(x1 * width - 0.5, x2 * width - 0.5, width, out_w, win_w)
+    wy, fy = _axis_weights(y1 * height - 0.5, y2 * height - 0.5, height, out_h, win_h, widen)
+    wx, fx = _axis_weights(x1 * width - 0.5, x2 * width - 0.5, width, out_w, win_w, widen)
     if flip is not None:
         # The crop was mirrored after pooling positions were fixed: output column j of a
         # flipped sample is column out_w - 1 - j of the unflipped one.
@@ -176,3 +191,27 @@ def label_pooling_torch_grad(
     out = torch.zeros(batch, topk, height * width, dtype=grad.dtype, device=grad.device)
     out.scatter_add_(2, pos.expand(index.shape), picked)
     return out.view(batch, topk, height, width)
+
+
+def region_pooling_torch(
+    scores: Tensor, classes: Tensor, boxes: Tensor, weights: Tensor, num_classes: int
+) -> Tensor:
+    """Same contract as :func:`dali_relabel.ops.region_pooling` (inputs already checked).
+
+    ROIAlign is linear in the map, so the weighted sum of a sample's box poolings is one
+    pooling with the weighted sum of the boxes' sampling weights: the R plans are summed
+    per grid cell before the single ``index_add_``, which costs one pooling, not R. Boxes
+    keep their exact extent (no widening of thin ones).
+    """
+    batch, topk, height, width = scores.shape
+    regions = boxes.shape[1]
+    dtype = compute_dtype(scores.dtype)
+    # A 1x1 output's window is the whole grid: plan entry p is grid cell p (no positions).
+    flat = boxes.reshape(-1, 4).to(dtype)
+    plan, _ = _sampling_plan(flat, None, height, width, 1, 1, widen=False)
+    plan = plan.view(batch, regions, height * width) * weights.to(dtype)[:, :, None]
+    values = scores.reshape(batch, topk, height * width) * plan.sum(1, keepdim=True)
+    index = _flat_index(classes, None, 1, num_classes)
+    out = torch.zeros(batch * num_classes, dtype=dtype, device=scores.device)
+    out.index_add_(0, index.flatten(), values.flatten())
+    return out.view(batch, num_classes)
