@@ -36,8 +36,8 @@ def sample_data(folder: Path) -> tuple[Path, Path]:
     from dali_relabel.tools import make_sample_data
 
     data = make_sample_data(folder, images_per_class=8, label_maps=True)
-    # the sample's maps are written in image orientation already: layout "hw"
-    store = convert(data.label_maps, folder / "maps.zarr", layout="hw", workers=1, progress=False)
+    # in the official release's layout, as convert's default expects
+    store = convert(data.label_maps, folder / "maps.zarr", workers=1, progress=False)
     return data.train, Path(store.path)
 
 

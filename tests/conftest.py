@@ -27,10 +27,11 @@ def sample_data(tmp_path_factory) -> SampleData:
 
 
 def write_store_from_pt(data: SampleData, path, *, shard_size: int = 16) -> LabelMapStore:
-    """A store holding the sample's .pt maps as they are (layout "hw"), written directly."""
+    """A store of the sample's .pt maps, as `convert` (layout "official") writes it, directly."""
     maps = np.stack(
         [torch.load(data.label_maps / f"{key}.pt", weights_only=True).numpy() for key in data.keys]
     )
+    maps = np.ascontiguousarray(maps.swapaxes(-1, -2))  # the official layout, undone
     writer = LabelMapWriter.create(
         path,
         data.keys,

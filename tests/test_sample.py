@@ -80,3 +80,21 @@ def test_cli(tmp_path, capsys):
     assert main(["sample", str(tmp_path), "--images-per-class", "1", "--label-maps"]) == 0
     assert "wrote 5 images" in capsys.readouterr().out
     assert len(list((tmp_path / "label_maps").rglob("*.pt"))) == 5
+
+
+def test_default_convert_stores_the_maps_in_the_grid_asked_for(tmp_path):
+    """The maps are written in the official release's layout, so that `convert` without
+    options (layout "official") gives back the (H, W) grid of the sample: a non-square
+    grid shows which way round they are."""
+    from dali_relabel.labelmaps import convert
+
+    data = make_sample_data(
+        tmp_path, images_per_class=2, photos=("chelsea",), label_maps=True, grid=(9, 15)
+    )
+    raw = torch.load(data.label_maps / f"{data.keys[0]}.pt", weights_only=True)
+    assert raw.shape == (2, 5, 15, 9)  # the release's layout: W before H
+    store = convert(data.label_maps, tmp_path / "maps.zarr", workers=1, progress=False)
+    assert store.grid == (9, 15) and store.attrs["layout"] == "official"
+    scores, classes = store.read(np.array([0]))
+    assert np.array_equal(scores[0], raw[0].numpy().swapaxes(-1, -2).astype(scores.dtype))
+    assert np.array_equal(classes[0], raw[1].numpy().swapaxes(-1, -2).astype(classes.dtype))

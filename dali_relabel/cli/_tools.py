@@ -31,7 +31,9 @@ def add_commands(subparsers) -> None:
         "sample",
         help="write the real-photo sample data (ImageNet layout)",
         description="Write OUT/train/<wnid>/<wnid>_<n>.JPEG from scikit-image's photos, and "
-        "with --label-maps the matching official-format .pt label maps under OUT/label_maps.",
+        "with --label-maps the matching official-format .pt label maps under OUT/label_maps, "
+        "in the official release's layout: `dali-relabel convert OUT/label_maps maps.zarr` "
+        "(default --layout official) stores them the right way round.",
     )
     p.add_argument("out", help="folder to write into")
     p.add_argument("--images-per-class", type=int, default=8, help="default: 8")

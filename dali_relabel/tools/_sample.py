@@ -8,10 +8,14 @@ photo stands for the ImageNet class that best describes it, so that the WordNet 
 and ImageNet indices are real ones and a real ImageNet teacher can label them.
 
 Optionally the matching label maps in the official ReLabel release format are
-written too: one ``torch.save`` of a float32 tensor [2, k, H, W] per image
+written too: one ``torch.save`` of a float32 tensor [2, k, W, H] per image
 (``[0]`` top-k logits, ``[1]`` their class indices as floats), synthetic but
 structured: the image's own class dominates a blob at a random place, so that
-pooling over different crops gives different targets.
+pooling over different crops gives different targets. They are written in the
+release's *layout* too, the map's last axis along the image's height (docs/FORMAT.md,
+"The official layout"), so that ``dali-relabel convert`` with its default
+``--layout official`` stores them in image orientation, as it does the release's:
+no option to remember, and the sample exercises the same path as the real maps.
 """
 
 from __future__ import annotations
@@ -149,7 +153,8 @@ def make_sample_data(
         images_per_class: images per photo/class. Default: 8.
         seed: seed of every random choice. Default: 0.
         photos: which photos (keys of :data:`PHOTOS`). Default: all five.
-        label_maps: also write official-format ``.pt`` label maps. Default: False.
+        label_maps: also write official-format ``.pt`` label maps, in the release's
+            layout (H and W swapped; convert's default undoes it). Default: False.
         k: top-k classes per cell of those maps. Default: 5.
         grid: (H, W) of those maps. Default: (15, 15).
         num_classes: classes of those maps. Default: 1000.
@@ -190,7 +195,8 @@ def make_sample_data(
 
                 (map_root / wnid).mkdir(parents=True, exist_ok=True)
                 lm = synthetic_label_map(label, rng, k=k, grid=grid, num_classes=num_classes)
-                torch.save(torch.from_numpy(lm), map_root / wnid / f"{stem}.pt")
+                official = np.ascontiguousarray(lm.swapaxes(-1, -2))  # the release's layout
+                torch.save(torch.from_numpy(official), map_root / wnid / f"{stem}.pt")
             keys.append(f"{wnid}/{stem}")
             labels.append(label)
     return SampleData(
