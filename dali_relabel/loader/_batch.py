@@ -5,9 +5,11 @@ returned by the graph, see :mod:`dali_relabel.loader._graph`). The targets are l
 by them: class labels in a tensor on the device, label maps through
 :class:`~dali_relabel.loader._label_maps.LabelMaps` (one gather), pooled over each
 image's crop box by :func:`~dali_relabel.ops.label_pooling.relabel_targets` on the
-images' device. The images reach torch through DLPack without a copy; host data reaches
-a CUDA device from pinned memory (:mod:`._transfer`), so that no batch waits for the
-trainer's GPU work. docs/LOADER.md ("The join", "Keeping the per-batch cost near zero").
+images' device, or, when the loader mixes (CutMix, Mixup, label smoothing), by
+:class:`~dali_relabel.loader._mixing.Mixer`, which mixes the images too. The images
+reach torch through DLPack without a copy; host data reaches a CUDA device from pinned
+memory (:mod:`._transfer`), so that no batch waits for the trainer's GPU work.
+docs/LOADER.md ("The join", "Keeping the per-batch cost near zero").
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from dali_relabel.loader._graph import LoaderGraph, sample_indices
 from dali_relabel.loader._label_maps import LabelMaps
+from dali_relabel.loader._mixing import Mixer, MixParams, mix_generator
 from dali_relabel.loader._transfer import to_device
 from dali_relabel.ops.label_pooling import relabel_targets
 
@@ -42,6 +45,8 @@ class BatchAssembler:
         num_classes: classes of the soft targets.
         local_size: (h, w) of "local" targets.
         temperature: divides pooled scores before the softmax.
+        mixer: mixes images and soft targets (training); None for neither.
+        seed, rank: a batch's mixing draws come from (seed, epoch, rank, batch).
     """
 
     def __init__(
@@ -57,6 +62,9 @@ class BatchAssembler:
         num_classes: int,
         local_size: tuple[int, int],
         temperature: float,
+        mixer: Mixer | None = None,
+        seed: int = 0,
+        rank: int = 0,
     ) -> None:
         self._graph = graph
         self._targets = targets
@@ -68,6 +76,8 @@ class BatchAssembler:
         self._num_classes = num_classes
         self._local_size = local_size
         self._temperature = temperature
+        self._mixer = mixer
+        self._seed, self._rank = seed, rank
         self._pooler: cf.ThreadPoolExecutor | None = None
         if targets != "hard" and device.type == "cpu":
             # Pooling's small ops, parallelized over OpenMP threads that DALI's threads
@@ -93,7 +103,12 @@ class BatchAssembler:
                 ).start()
 
     def __call__(
-        self, outputs: Any, expected: np.ndarray, maps: Any, exec_dynamic: bool
+        self,
+        outputs: Any,
+        expected: np.ndarray,
+        maps: Any,
+        exec_dynamic: bool,
+        key: tuple[int, int] = (0, 0),
     ) -> tuple[torch.Tensor, ...]:
         """The batch of one iteration.
 
@@ -103,6 +118,7 @@ class BatchAssembler:
             maps: the batch's (scores, classes), read on a thread; None to gather them here.
             exec_dynamic: DALI's dynamic executor made the outputs (own buffers per
                 iteration: images can be handed over without a copy).
+            key: (epoch, batch) of this batch, the key of its mixing draws.
         """
         named = self._graph.by_name(outputs)
         indices = sample_indices(named)
@@ -119,11 +135,18 @@ class BatchAssembler:
             (at,) = to_device([indices], self._device)
             return images, self._labels[at]
         boxes, mirrors = self._graph.boxes(named)
+        mix = None
+        if self._mixer is not None and self._mixer.active:
+            # drawn here, when the trainer takes the batch: mixup_enabled set before then
+            # reaches the batches DALI made ahead
+            epoch, batch = key
+            rng = mix_generator(self._seed, epoch, self._rank, batch)
+            mix = self._mixer.draw(rng, len(indices), *images.shape[-2:])
+        args = (indices, boxes, mirrors, maps, images, mix)
         if self._pooler is None:
-            soft, at = self._soft_targets(indices, boxes, mirrors, maps)
+            images, soft, at = self._soft_targets(*args)
         else:
-            job = self._pooler.submit(self._soft_targets, indices, boxes, mirrors, maps)
-            soft, at = job.result()
+            images, soft, at = self._pooler.submit(self._soft_targets, *args).result()
         if self._targets == "both":
             return images, soft, self._labels[at]
         return images, soft
@@ -135,9 +158,16 @@ class BatchAssembler:
 
     # -- targets ----------------------------------------------------------------------
     def _soft_targets(
-        self, indices: np.ndarray, boxes: np.ndarray, mirrors: np.ndarray, maps: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pooled targets and the sample indices, on the device."""
+        self,
+        indices: np.ndarray,
+        boxes: np.ndarray,
+        mirrors: np.ndarray,
+        maps: Any,
+        images: torch.Tensor,
+        mix: MixParams | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, soft targets, sample indices on the device): mixed when the loader
+        mixes, on the pooling thread on the CPU (the image blend's ops too)."""
         host = [indices, boxes, mirrors]
         if self._label_maps.on_device:
             host.append(self._label_maps.rows(indices))
@@ -150,6 +180,21 @@ class BatchAssembler:
             scores, classes = self._label_maps.select(moved[3])
         else:
             scores, classes = moved[3], moved[4]
+        validate = self._device.type == "cpu"  # a host sync on CUDA; boxes are ours
+        if self._mixer is not None and self._targets != "local":
+            if mix is not None and mix.mixed:
+                images = self._mixer.mix_images(images, mix)
+            soft = self._mixer.targets(
+                mix,
+                scores=scores,
+                classes=classes,
+                crop_boxes=boxes,
+                mirrors=mirrors,
+                size=tuple(images.shape[-2:]),
+                temperature=self._temperature,
+                validate=validate,
+            )
+            return images, soft, at
         local = self._targets == "local"
         soft = relabel_targets(
             scores,
@@ -159,9 +204,11 @@ class BatchAssembler:
             output_size=self._local_size if local else 1,
             flip=mirrors_at if local else None,
             temperature=self._temperature,
-            validate=self._device.type == "cpu",  # a host sync on CUDA; boxes are ours
+            validate=validate,
         )
-        return soft, at
+        if self._mixer is not None:  # local targets: smoothed per cell, never mixed
+            soft = self._mixer.smooth(soft)
+        return images, soft, at
 
     # -- images -----------------------------------------------------------------------
     def _images(self, tensor_list: Any, exec_dynamic: bool) -> torch.Tensor:

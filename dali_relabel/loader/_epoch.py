@@ -40,8 +40,8 @@ PREFETCH_DEPTH = 2
 
 #: prefetch_queue_depth -> the built DALI pipeline of the loader.
 BuildPipeline = Callable[[int], Any]
-#: (outputs, expected sample indices, maps or None, exec_dynamic) -> a batch.
-Assemble = Callable[[Any, np.ndarray, Any, bool], tuple[torch.Tensor, ...]]
+#: (outputs, expected sample indices, maps or None, exec_dynamic, (epoch, batch)) -> a batch.
+Assemble = Callable[[Any, np.ndarray, Any, bool, tuple[int, int]], tuple[torch.Tensor, ...]]
 
 
 @dataclasses.dataclass
@@ -197,7 +197,7 @@ class Epochs:
         self.progress = (epoch.epoch, epoch.next + 1)
         self._fill()  # DALI computes on (into the next epoch) while this batch is assembled
         maps = None if fed.maps is None else fed.maps.result()
-        return self._assemble(outputs, fed.indices, maps, self._pipe.exec_dynamic)
+        return self._assemble(outputs, fed.indices, maps, self._pipe.exec_dynamic, fed.key)
 
     def failed(self, epoch: Epoch) -> bool:
         """Whether the pipeline failed under the iterator ``epoch`` (its epoch is over)."""

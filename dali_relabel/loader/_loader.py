@@ -21,7 +21,6 @@ docs/LOADER.md describes the semantics and the design.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 import weakref
@@ -42,6 +41,14 @@ from dali_relabel.loader._label_maps import (
     LabelMaps,
     scan_in_store_classes,
     store_rows,
+)
+from dali_relabel.loader._mixing import Mixer
+from dali_relabel.loader._options import (
+    check_channels,
+    check_range,
+    default_threads,
+    resolve_device,
+    resolve_local_size,
 )
 from dali_relabel.loader._sampler import ShardSampler, resolve_shard
 from dali_relabel.loader._state import STATE_VERSION, check_state, dataset_fingerprint
@@ -127,6 +134,26 @@ class ReLabelLoader:
             it; "skip" checks every file at construction (signature bytes, JPEG end
             marker, Pillow) and leaves out those that fail, listed in
             :attr:`skipped_images`, with a warning. Default: "raise".
+        cutmix_alpha: CutMix (Yun et al., ICCV 2019) on training batches with
+            ``lam ~ Beta(cutmix_alpha, cutmix_alpha)``; 0 turns it off. Mixing follows
+            timm's ``Mixup`` (partner ``B - 1 - i``, its lambda, box and switching rules);
+            docs/LOADER.md ("Mixing"). Default: 0.
+        mixup_alpha: Mixup with ``lam ~ Beta(mixup_alpha, mixup_alpha)``; 0 turns it off.
+            Default: 0.
+        cutmix_minmax: CutMix box sides as (min, max) fractions of the image instead of
+            from lambda (timm's). Default: None.
+        mix_prob: probability that a batch (pair, sample) is mixed. Default: 1.0.
+        switch_prob: probability of CutMix rather than Mixup when both are on.
+            Default: 0.5.
+        mix_mode: draw per "batch", per "pair" of partners or per "elem" (sample), as
+            timm's ``--mixup-mode``. Default: "batch".
+        correct_lam: CutMix's lambda is the share of pixels kept ("area" targets).
+            Default: True.
+        mix_targets: "region": each part of a mixed image carries the label map pooled
+            over exactly the pixels it shows (crop and mirror accounted for); "area": the
+            paper's lambda-weighted sum of the two crops' targets. Default: "region".
+        label_smoothing: soft targets become ``(1 - eps) * t + eps / C``, mixed or not
+            (timm's ``--smoothing`` with mixing). Default: 0.
     """
 
     def __init__(
@@ -157,6 +184,15 @@ class ReLabelLoader:
         temperature: float = 1.0,
         label_map_memory: str = "auto",
         on_bad_image: str = "raise",
+        cutmix_alpha: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_minmax: tuple[float, float] | None = None,
+        mix_prob: float = 1.0,
+        switch_prob: float = 0.5,
+        mix_mode: str = "batch",
+        correct_lam: bool = True,
+        mix_targets: str = "region",
+        label_smoothing: float = 0.0,
     ) -> None:
         _checks.positive_int("batch_size", batch_size)
         _checks.positive_int("crop_size", crop_size)
@@ -171,10 +207,10 @@ class ReLabelLoader:
                 )
         _checks.positive_number("temperature", temperature)
         _checks.at_least("seed", seed, 0)
-        _check_range("scale", scale, "(0.08, 1.0)")
-        _check_range("ratio", ratio, "(3/4, 4/3)")
-        _check_channels("mean", mean, positive=False)
-        _check_channels("std", std, positive=True)
+        check_range("scale", scale, "(0.08, 1.0)")
+        check_range("ratio", ratio, "(3/4, 4/3)")
+        check_channels("mean", mean, positive=False)
+        check_channels("std", std, positive=True)
         if targets is None:
             targets = "soft" if train and label_maps is not None else "hard"
         _checks.one_of("targets", targets, TARGETS)
@@ -203,14 +239,14 @@ class ReLabelLoader:
             default_resize_size(self.crop_size) if resize_size is None else int(resize_size)
         )
         self.drop_last = bool(drop_last)
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.dtype = dtype
         self.memory_format = memory_format
         self.temperature = float(temperature)
         self.num_threads = _checks.positive_int(
-            "num_threads", _default_threads() if num_threads is None else num_threads
+            "num_threads", default_threads() if num_threads is None else num_threads
         )
-        self.local_size = _local_size(local_size, self.crop_size)
+        self.local_size = resolve_local_size(local_size, self.crop_size)
         self.seed = int(seed)
         rank, world_size = resolve_shard(rank, world_size)
 
@@ -221,6 +257,20 @@ class ReLabelLoader:
             self._skip_bad_images()
         self.num_classes = (
             self.store.num_classes if self.store is not None else len(self.dataset.classes)
+        )
+        self._mixer = _mixer(
+            self.num_classes,
+            self.train,
+            self.targets,
+            cutmix_alpha=cutmix_alpha,
+            mixup_alpha=mixup_alpha,
+            cutmix_minmax=cutmix_minmax,
+            mix_prob=mix_prob,
+            switch_prob=switch_prob,
+            mode=mix_mode,
+            correct_lam=correct_lam,
+            mix_targets=mix_targets,
+            label_smoothing=label_smoothing,
         )
         self.label_map_memory: str | None = None
         maps = None
@@ -275,6 +325,9 @@ class ReLabelLoader:
             num_classes=self.num_classes,
             local_size=self.local_size,
             temperature=self.temperature,
+            mixer=self._mixer,
+            seed=self.seed,
+            rank=rank,
         )
         self._epochs = Epochs(
             self.sampler,
@@ -323,6 +376,25 @@ class ReLabelLoader:
         calls ``set_epoch(E)`` once before its first epoch: epochs then count on from E.
         """
         self.sampler.set_epoch(epoch)
+
+    @property
+    def mixup_enabled(self) -> bool:
+        """Whether training batches are mixed (timm's loader property of that name): False
+        when no CutMix or Mixup is configured. Setting it to False stops mixing from the
+        next batch taken on, including batches DALI made ahead (timm's train loop does it
+        at ``--mixup-off-epoch``); label smoothing goes on."""
+        return self._mixer is not None and self._mixer.active and self._mixer.enabled
+
+    @mixup_enabled.setter
+    def mixup_enabled(self, value: bool) -> None:
+        if self._mixer is None or not self._mixer.active:
+            if value:
+                raise ArgumentError(
+                    "mixup_enabled=True, but this loader has neither CutMix nor Mixup; pass "
+                    "cutmix_alpha > 0 or mixup_alpha > 0 at construction"
+                )
+            return
+        self._mixer.enabled = bool(value)
 
     def reset(self) -> None:
         """Does nothing: every ``iter(loader)`` starts a new epoch (DALI iterators need it)."""
@@ -440,61 +512,26 @@ def _build_pipeline_of(loader: ReLabelLoader) -> Callable[[int], Any]:
     return build
 
 
-def _check_range(name: str, values: Any, default: str) -> None:
-    try:
-        lo, hi = (float(v) for v in values)
-    except (TypeError, ValueError):
-        lo = hi = math.nan
-    if not (0 < lo <= hi < math.inf):
+def _mixer(num_classes: int, train: bool, targets: str, **options: Any) -> Mixer | None:
+    """The loader's Mixer, its options checked; None when it neither mixes nor smooths."""
+    mixer = Mixer(num_classes, **options)
+    if not (mixer.active or mixer.label_smoothing):
+        return None
+    asked = "cutmix_alpha/mixup_alpha" if mixer.active else "label_smoothing"
+    if not train:
         raise ArgumentError(
-            f"{name} must be (low, high) with 0 < low <= high, got {values!r}; "
-            f"RandomResizedCrop's default is {default}"
+            f"{asked} given to an evaluation loader (train=False): mixing and smoothing are "
+            "training options; pass them to the training loader only"
         )
-
-
-def _check_channels(name: str, values: Any, *, positive: bool) -> None:
-    try:
-        floats = [float(v) for v in values]
-    except (TypeError, ValueError):
-        floats = []
-    if len(floats) != 3 or (positive and min(floats) <= 0):
-        what = "three numbers > 0" if positive else "three numbers"
+    if targets == "hard":
         raise ArgumentError(
-            f"{name} must be {what} (R, G, B on the 0-1 scale, e.g. ImageNet's "
-            f"{IMAGENET_MEAN if name == 'mean' else IMAGENET_STD}), got {values!r}"
+            f"{asked} needs soft targets, but targets='hard'; pass label maps and "
+            "targets='soft' (or 'both')"
         )
-
-
-def _local_size(size: int | tuple[int, int] | None, crop_size: int) -> tuple[int, int]:
-    if size is None:
-        side = max(1, crop_size // 32)
-        return side, side
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in pair):
-        raise ArgumentError(f"local_size must be a positive int or (h, w), got {size!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def _resolve_device(device: torch.device | str | None) -> torch.device:
-    if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
-    device = _checks.device("device", device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ArgumentError(f"device={device} but CUDA is not available; use device='cpu'")
-        return torch.device(
-            "cuda", torch.cuda.current_device() if device.index is None else device.index
+    if targets == "local" and mixer.active:
+        raise ArgumentError(
+            "CutMix/Mixup of local targets is not offered: pass targets='soft' or 'both' to "
+            "mix, or leave cutmix_alpha and mixup_alpha at 0 (label_smoothing alone smooths "
+            "local targets per cell)"
         )
-    if device.type != "cpu":
-        raise ArgumentError(f"device must be a CUDA device or 'cpu', got {device}")
-    return device
-
-
-def _default_threads() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    return mixer

@@ -66,6 +66,7 @@ from torch import Tensor
 
 from dali_relabel import _checks
 from dali_relabel.errors import ArgumentError
+from dali_relabel.loader._transfer import to_device
 from dali_relabel.ops import region_pooling, relabel_targets
 
 __all__ = ["MIX_MODES", "MIX_TARGETS", "MixParams", "Mixer", "mix_generator"]
@@ -428,10 +429,9 @@ def _to_original(ya, yb, xa, xb, crop, mirror, size) -> np.ndarray:
 
 
 def _to(array: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if dtype is not None:
-        tensor = tensor.to(dtype)
-    return tensor.to(device, non_blocking=True)
+    """A host array on ``device`` (from pinned memory on CUDA), in ``dtype``."""
+    (tensor,) = to_device([np.asarray(array)], device)
+    return tensor if dtype is None else tensor.to(dtype)
 
 
 def _floats(values) -> tuple[float, ...] | None:
