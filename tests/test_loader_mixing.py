@@ -150,3 +150,45 @@ def test_mixup_enabled_cannot_be_switched_on_without_mixing(two_colour):
     loader.mixup_enabled = False  # what timm does at --mixup-off-epoch: harmless
     with pytest.raises(ValueError, match="neither CutMix nor Mixup"):
         loader.mixup_enabled = True
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_pasted_boxes_show_the_partners_pixels(sample_data, sample_store, mode):
+    """Same seed, so the same crops and flips: a CutMix batch is the plain batch with the
+    partner's pixels in each box (mirrored where the two flips differ: the graph pastes
+    before flipping), and the boxes are the Mixer's draws for (seed, epoch, rank, batch)."""
+    from dali_relabel.loader._mixing import Mixer, mix_generator
+
+    kwargs = {"seed": 7, "crop_size": 48, "num_threads": 2}
+    plain = ReLabelLoader(sample_data.train, sample_store, 10, **kwargs)
+    mixed = ReLabelLoader(
+        sample_data.train, sample_store, 10, cutmix_alpha=1.0, mix_mode=mode, **kwargs
+    )
+    mixer = Mixer(1000, cutmix_alpha=1.0, mode=mode)
+    pasted = 0
+    for b, ((x, _), (y, _)) in enumerate(zip(plain, mixed, strict=True)):
+        params = mixer.draw(mix_generator(7, 0, 0, b), len(x), 48, 48)
+        for i in range(len(x)):
+            j = len(x) - 1 - i
+            yl, yh, xl, xh = params.boxes[i] if params.cutmix[i] else (0, 0, 0, 0)
+            inside = torch.zeros(48, 48, dtype=torch.bool)
+            inside[yl:yh, xl:xh] = True
+            assert torch.equal(y[i][:, ~inside], x[i][:, ~inside])
+            if inside.any():
+                patch, partner = y[i][:, yl:yh, xl:xh], x[j][:, yl:yh, xl:xh]
+                assert torch.equal(patch, partner) or torch.equal(patch, partner.flip(-1))
+                pasted += 1
+    assert pasted >= 10
+
+
+def test_mixup_blends_the_plain_images(sample_data, sample_store):
+    from dali_relabel.loader._mixing import Mixer, mix_generator
+
+    kwargs = {"seed": 8, "crop_size": 48, "num_threads": 2}
+    plain = ReLabelLoader(sample_data.train, sample_store, 10, **kwargs)
+    mixed = ReLabelLoader(sample_data.train, sample_store, 10, mixup_alpha=0.8, **kwargs)
+    mixer = Mixer(1000, mixup_alpha=0.8)
+    for b, ((x, t), (y, u)) in enumerate(zip(plain, mixed, strict=True)):
+        lam = float(mixer.draw(mix_generator(8, 0, 0, b), len(x), 48, 48).lam[0])
+        assert torch.allclose(y, lam * x + (1 - lam) * x.flip(0), atol=1e-5)
+        assert torch.allclose(u, lam * t + (1 - lam) * t.flip(0), atol=1e-6)

@@ -24,7 +24,7 @@ import torch
 
 from dali_relabel.loader._graph import LoaderGraph, sample_indices
 from dali_relabel.loader._label_maps import LabelMaps
-from dali_relabel.loader._mixing import Mixer, MixParams, mix_generator
+from dali_relabel.loader._mixing import Mixer, MixParams
 from dali_relabel.loader._transfer import to_device
 from dali_relabel.ops.label_pooling import relabel_targets
 
@@ -45,8 +45,8 @@ class BatchAssembler:
         num_classes: classes of the soft targets.
         local_size: (h, w) of "local" targets.
         temperature: divides pooled scores before the softmax.
-        mixer: mixes images and soft targets (training); None for neither.
-        seed, rank: a batch's mixing draws come from (seed, epoch, rank, batch).
+        mixer: blends images (Mixup) and mixes and smooths soft targets (training); None
+            for neither.
     """
 
     def __init__(
@@ -63,8 +63,6 @@ class BatchAssembler:
         local_size: tuple[int, int],
         temperature: float,
         mixer: Mixer | None = None,
-        seed: int = 0,
-        rank: int = 0,
     ) -> None:
         self._graph = graph
         self._targets = targets
@@ -77,7 +75,6 @@ class BatchAssembler:
         self._local_size = local_size
         self._temperature = temperature
         self._mixer = mixer
-        self._seed, self._rank = seed, rank
         self._pooler: cf.ThreadPoolExecutor | None = None
         if targets != "hard" and device.type == "cpu":
             # Pooling's small ops, parallelized over OpenMP threads that DALI's threads
@@ -108,7 +105,7 @@ class BatchAssembler:
         expected: np.ndarray,
         maps: Any,
         exec_dynamic: bool,
-        key: tuple[int, int] = (0, 0),
+        mix: MixParams | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """The batch of one iteration.
 
@@ -118,7 +115,8 @@ class BatchAssembler:
             maps: the batch's (scores, classes), read on a thread; None to gather them here.
             exec_dynamic: DALI's dynamic executor made the outputs (own buffers per
                 iteration: images can be handed over without a copy).
-            key: (epoch, batch) of this batch, the key of its mixing draws.
+            mix: the batch's mixing, drawn when it was fed (the graph pasted its CutMix
+                boxes); None without mixing.
         """
         named = self._graph.by_name(outputs)
         indices = sample_indices(named)
@@ -135,13 +133,6 @@ class BatchAssembler:
             (at,) = to_device([indices], self._device)
             return images, self._labels[at]
         boxes, mirrors = self._graph.boxes(named)
-        mix = None
-        if self._mixer is not None and self._mixer.active:
-            # drawn here, when the trainer takes the batch: mixup_enabled set before then
-            # reaches the batches DALI made ahead
-            epoch, batch = key
-            rng = mix_generator(self._seed, epoch, self._rank, batch)
-            mix = self._mixer.draw(rng, len(indices), *images.shape[-2:])
         args = (indices, boxes, mirrors, maps, images, mix)
         if self._pooler is None:
             images, soft, at = self._soft_targets(*args)
@@ -183,7 +174,7 @@ class BatchAssembler:
         validate = self._device.type == "cpu"  # a host sync on CUDA; boxes are ours
         if self._mixer is not None and self._targets != "local":
             if mix is not None and mix.mixed:
-                images = self._mixer.mix_images(images, mix)
+                images = self._mixer.blend(images, mix)  # Mixup; CutMix pasted by DALI
             soft = self._mixer.targets(
                 mix,
                 scores=scores,

@@ -40,8 +40,10 @@ PREFETCH_DEPTH = 2
 
 #: prefetch_queue_depth -> the built DALI pipeline of the loader.
 BuildPipeline = Callable[[int], Any]
-#: (outputs, expected sample indices, maps or None, exec_dynamic, (epoch, batch)) -> a batch.
-Assemble = Callable[[Any, np.ndarray, Any, bool, tuple[int, int]], tuple[torch.Tensor, ...]]
+#: (outputs, expected sample indices, maps or None, exec_dynamic, mixing or None) -> a batch.
+Assemble = Callable[[Any, np.ndarray, Any, bool, Any], tuple[torch.Tensor, ...]]
+#: (epoch, batch, samples) -> the batch's mixing (drawn when it is fed).
+DrawMix = Callable[[int, int, int], Any]
 
 
 @dataclasses.dataclass
@@ -51,6 +53,7 @@ class _Fed:
     key: tuple[int, int]  # (epoch, or 0 where the epoch changes nothing; batch)
     indices: np.ndarray
     maps: cf.Future | None
+    mix: Any = None  # the batch's mixing (MixParams), drawn when it was fed
 
 
 class Epochs:
@@ -70,6 +73,8 @@ class Epochs:
         drop_last: leave out each epoch's last, smaller batch.
         epoch_free: the batches do not depend on the epoch (evaluation without shuffle):
             the batches fed ahead for one epoch serve any epoch.
+        draw_mix: draws a training batch's mixing when it is fed (the graph pastes
+            CutMix boxes, the assembler blends and mixes targets); None without mixing.
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class Epochs:
         batch_size: int,
         drop_last: bool,
         epoch_free: bool,
+        draw_mix: DrawMix | None = None,
     ) -> None:
         self._sampler = sampler
         self._graph = graph
@@ -93,6 +99,7 @@ class Epochs:
         self._dataset = dataset
         self._batch_size = batch_size
         self._epoch_free = epoch_free
+        self._draw_mix = draw_mix
         samples = len(sampler)
         #: Batches per epoch (the same every epoch).
         self.num_batches = samples // batch_size if drop_last else -(-samples // batch_size)
@@ -164,10 +171,20 @@ class Epochs:
             epoch = self._sampler.epoch if epoch == self._running else epoch + 1
             batch = 0
         indices = self._order(epoch)[batch * self._batch_size : (batch + 1) * self._batch_size]
-        self._graph.feed(self._pipe, self._graph.inputs(indices, epoch, batch))
+        mix = None if self._draw_mix is None else self._draw_mix(epoch, batch, len(indices))
+        self._graph.feed(self._pipe, self._graph.inputs(indices, epoch, batch, mix))
         maps = None if self._label_maps is None else self._label_maps.read_async(indices)
-        self._fed.append(_Fed(self._key(epoch, batch), indices, maps))
+        self._fed.append(_Fed(self._key(epoch, batch), indices, maps, mix))
         self._cursor = (epoch, batch + 1)
+
+    def refeed(self) -> None:
+        """Feed the batches in flight again (their mixing was drawn before a change of it,
+        such as ``mixup_enabled``): they are taken from DALI, dropped and fed anew."""
+        if not self._fed or self._pipe is None:
+            return
+        self._cursor = self._fed[0].key
+        self._drain()
+        self._fill()
 
     def _discard_pipeline(self) -> None:
         self._pipe, self._started = None, False
@@ -197,7 +214,7 @@ class Epochs:
         self.progress = (epoch.epoch, epoch.next + 1)
         self._fill()  # DALI computes on (into the next epoch) while this batch is assembled
         maps = None if fed.maps is None else fed.maps.result()
-        return self._assemble(outputs, fed.indices, maps, self._pipe.exec_dynamic, fed.key)
+        return self._assemble(outputs, fed.indices, maps, self._pipe.exec_dynamic, fed.mix)
 
     def failed(self, epoch: Epoch) -> bool:
         """Whether the pipeline failed under the iterator ``epoch`` (its epoch is over)."""

@@ -38,7 +38,9 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
 from dali_relabel import _checks
+from dali_relabel.loader._color import COLOR_INPUTS, apply_color, draw_color, lighting_mean
 from dali_relabel.loader._crops import batch_generator, crop_inputs, draw_crops, rrc_window
+from dali_relabel.loader._mixing import Mixer, MixParams
 
 __all__ = [
     "EVAL_INPUTS",
@@ -64,6 +66,8 @@ EVAL_OUTPUTS = ("images", "indices", "image_shapes")
 TRAIN_INPUTS = ("paths", "indices", "attempts", "position", "mirror")
 #: Inputs of the evaluation graph.
 EVAL_INPUTS = ("paths", "indices")
+#: Inputs of a training graph that pastes CutMix boxes (:meth:`Mixer.paste_inputs`).
+PASTE_INPUTS = ("paste_ids", "paste_shapes", "paste_in", "paste_out")
 # (DALI type, dimensions per sample) of each input
 _INPUT_TYPES = {
     "paths": (types.UINT8, 1),
@@ -71,6 +75,8 @@ _INPUT_TYPES = {
     "attempts": (types.FLOAT64, 2),
     "position": (types.FLOAT64, 1),
     "mirror": (types.INT32, 0),
+    **COLOR_INPUTS,
+    **{name: (types.INT32, 1 if name == "paste_ids" else 2) for name in PASTE_INPUTS},
 }
 # The "mixed" decoder keeps DALI's own preallocation (16 MiB of device memory and 2 x 8 MiB
 # of pinned host memory per thread, grown on demand to the largest image seen): the plain
@@ -101,6 +107,14 @@ class GraphSpec:
     dtype: str
     channels_last: bool
     device_id: int | None
+    color_jitter: tuple[float, float, float] | None = None
+    lighting: float = 0.0
+    paste: bool = False
+
+    @property
+    def color(self) -> bool:
+        """Whether the training graph jitters colours or adds lighting (:mod:`._color`)."""
+        return self.train and (self.color_jitter is not None or self.lighting > 0)
 
     def define(self, inputs: dict[str, Any]) -> tuple[Any, ...]:
         """The graph on ``inputs`` (DALI nodes by input name); outputs in the order of
@@ -142,11 +156,22 @@ class GraphSpec:
             interp_type=types.INTERP_LINEAR,
             antialias=True,
         )
+        if self.color_jitter is not None:
+            images = apply_color(images, inputs, on_gpu=self.device_id is not None)
+        if self.paste:  # CutMix's boxes, before the flip (see Mixer.paste_inputs)
+            images = fn.multi_paste(
+                images,
+                in_ids=inputs["paste_ids"],
+                shapes=inputs["paste_shapes"],
+                in_anchors=inputs["paste_in"],
+                out_anchors=inputs["paste_out"],
+            )
+        mean = lighting_mean(inputs, self.mean) if self.lighting > 0 else None
         mirrors = inputs["mirror"]
-        images = self._normalize(images, mirror=mirrors)
+        images = self._normalize(images, mirror=mirrors, mean=mean)
         return images, inputs["indices"], anchors, shapes, image_shapes, mirrors
 
-    def _normalize(self, images, *, mirror, crop=None):
+    def _normalize(self, images, *, mirror, crop=None, mean=None):
         kwargs = {}
         if crop is not None:
             kwargs = {"crop": (crop, crop), "crop_pos_x": 0.5, "crop_pos_y": 0.5}
@@ -155,14 +180,27 @@ class GraphSpec:
             mirror=mirror,
             dtype=dali_dtype(self.dtype),
             output_layout="HWC" if self.channels_last else "CHW",
-            mean=[255.0 * m for m in self.mean],
+            mean=[255.0 * m for m in self.mean] if mean is None else mean,
             std=[255.0 * s for s in self.std],
             **kwargs,
         )
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return TRAIN_INPUTS if self.train else EVAL_INPUTS
+        if not self.train:
+            return EVAL_INPUTS
+        color = ("brightness", "contrast", "saturation") if self.color_jitter is not None else ()
+        lighting = ("lighting",) if self.lighting > 0 else ()
+        return TRAIN_INPUTS + color + lighting + (PASTE_INPUTS if self.paste else ())
+
+    def draw(self, rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
+        """A training batch's random draws by input name: crops and flips, then colours
+        (only the inputs the graph has: DALI removes an input that nothing reads)."""
+        draws = crop_inputs(draw_crops(rng, count, self.scale, self.ratio))
+        if self.color:
+            color = draw_color(rng, count, self.color_jitter, self.lighting)
+            draws.update((k, v) for k, v in color.items() if k in self.input_names)
+        return draws
 
 
 def build_graph(
@@ -251,6 +289,8 @@ class LoaderGraph:
         num_threads: DALI CPU worker threads.
         seed, rank: training batch ``b`` of epoch ``e`` draws its crops and flips from
             (seed, e, rank, b) and from nothing else.
+        color_jitter, lighting: the colour augmentation (:mod:`._color`), checked.
+        paste: paste CutMix boxes in the graph; each batch is then fed its mixing.
     """
 
     def __init__(
@@ -270,6 +310,9 @@ class LoaderGraph:
         num_threads: int,
         seed: int,
         rank: int,
+        color_jitter: tuple[float, float, float] | None = None,
+        lighting: float = 0.0,
+        paste: bool = False,
     ) -> None:
         self._spec = GraphSpec(
             train=train,
@@ -282,6 +325,9 @@ class LoaderGraph:
             dtype=dtype,
             channels_last=channels_last,
             device_id=device_id,
+            color_jitter=color_jitter,
+            lighting=lighting,
+            paste=paste and train,
         )
         self._paths = paths
         # DALI opens the paths from its own threads: make them independent of a later chdir
@@ -308,8 +354,11 @@ class LoaderGraph:
             prefetch_queue_depth=prefetch_queue_depth,
         )
 
-    def inputs(self, indices: np.ndarray, epoch: int, batch: int) -> dict[str, Any]:
-        """The inputs of the batch ``batch`` of ``epoch``, which holds samples ``indices``."""
+    def inputs(
+        self, indices: np.ndarray, epoch: int, batch: int, mix: MixParams | None = None
+    ) -> dict[str, Any]:
+        """The inputs of the batch ``batch`` of ``epoch``, which holds samples ``indices``;
+        ``mix``, the batch's mixing, where the graph pastes CutMix boxes."""
         paths = []
         for i in indices.tolist():
             path = os.fsencode(self._paths[i])
@@ -317,8 +366,12 @@ class LoaderGraph:
         feed: dict[str, Any] = {"paths": paths, "indices": indices}
         if self.train:
             rng = batch_generator(self.seed, epoch, self.rank, batch)
-            draws = draw_crops(rng, len(indices), self._spec.scale, self._spec.ratio)
-            feed.update(crop_inputs(draws))
+            feed.update(self._spec.draw(rng, len(indices)))
+        if self._spec.paste:
+            if mix is None:
+                raise RuntimeError("a graph that pastes CutMix boxes was fed no mixing")
+            size = (self._spec.crop_size, self._spec.crop_size)
+            feed.update(Mixer.paste_inputs(mix, feed["mirror"], size))
         return feed
 
     @staticmethod

@@ -34,6 +34,7 @@ from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_S
 from dali_relabel.errors import ArgumentError, ImageDecodeError
 from dali_relabel.imagefolder import find_bad_images
 from dali_relabel.loader._batch import BatchAssembler
+from dali_relabel.loader._color import check_color_jitter, check_lighting
 from dali_relabel.loader._epoch import PREFETCH_DEPTH, Epoch, Epochs
 from dali_relabel.loader._graph import LoaderGraph, default_resize_size
 from dali_relabel.loader._label_maps import (
@@ -42,7 +43,7 @@ from dali_relabel.loader._label_maps import (
     scan_in_store_classes,
     store_rows,
 )
-from dali_relabel.loader._mixing import Mixer
+from dali_relabel.loader._mixing import Mixer, MixParams, mix_generator
 from dali_relabel.loader._options import (
     check_channels,
     check_range,
@@ -154,6 +155,11 @@ class ReLabelLoader:
             paper's lambda-weighted sum of the two crops' targets. Default: "region".
         label_smoothing: soft targets become ``(1 - eps) * t + eps / C``, mixed or not
             (timm's ``--smoothing`` with mixing). Default: 0.
+        color_jitter: ColorJitter of training images in the DALI graph, a number or
+            (brightness, contrast, saturation); 0.4 is the official ReLabel recipe's and
+            timm's default. docs/LOADER.md ("Colour"). Default: None (off).
+        lighting: standard deviation of AlexNet's PCA lighting (0.1 in the official
+            recipe). Default: 0 (off).
     """
 
     def __init__(
@@ -193,6 +199,8 @@ class ReLabelLoader:
         correct_lam: bool = True,
         mix_targets: str = "region",
         label_smoothing: float = 0.0,
+        color_jitter: float | tuple[float, ...] | None = None,
+        lighting: float = 0.0,
     ) -> None:
         _checks.positive_int("batch_size", batch_size)
         _checks.positive_int("crop_size", crop_size)
@@ -224,6 +232,12 @@ class ReLabelLoader:
             raise ArgumentError(
                 "drop_last=True evens the shards by cutting the last N mod world_size samples; "
                 "even_shards=False keeps every sample in uneven shards: pass one of them"
+            )
+        color_jitter, lighting = check_color_jitter(color_jitter), check_lighting(lighting)
+        if not train and (color_jitter is not None or lighting):
+            raise ArgumentError(
+                "color_jitter/lighting given to an evaluation loader (train=False): colour "
+                "augmentation is a training option; pass it to the training loader only"
             )
         if targets != "hard" and label_maps is None:
             raise ArgumentError(
@@ -313,6 +327,9 @@ class ReLabelLoader:
             num_threads=self.num_threads,
             seed=self.seed,
             rank=rank,
+            color_jitter=color_jitter,
+            lighting=lighting,
+            paste=self._mixer is not None and self._mixer.cutmix_alpha > 0,
         )
         self._assemble = BatchAssembler(
             self._graph,
@@ -326,8 +343,6 @@ class ReLabelLoader:
             local_size=self.local_size,
             temperature=self.temperature,
             mixer=self._mixer,
-            seed=self.seed,
-            rank=rank,
         )
         self._epochs = Epochs(
             self.sampler,
@@ -339,6 +354,7 @@ class ReLabelLoader:
             batch_size=self.batch_size,
             drop_last=self.drop_last and self.train,
             epoch_free=not (self.train or self.sampler.shuffle),
+            draw_mix=_draw_mix(self._mixer, self.seed, rank, self.crop_size),
         )
         # (epoch, first batch) that the next iter() resumes, set by load_state_dict
         self._resume: tuple[int, int] | None = None
@@ -394,7 +410,9 @@ class ReLabelLoader:
                     "cutmix_alpha > 0 or mixup_alpha > 0 at construction"
                 )
             return
-        self._mixer.enabled = bool(value)
+        if self._mixer.enabled != bool(value):
+            self._mixer.enabled = bool(value)
+            self._epochs.refeed()  # the batches in flight were drawn the other way
 
     def reset(self) -> None:
         """Does nothing: every ``iter(loader)`` starts a new epoch (DALI iterators need it)."""
@@ -535,3 +553,17 @@ def _mixer(num_classes: int, train: bool, targets: str, **options: Any) -> Mixer
             "local targets per cell)"
         )
     return mixer
+
+
+def _draw_mix(
+    mixer: Mixer | None, seed: int, rank: int, size: int
+) -> Callable[[int, int, int], MixParams] | None:
+    """The mixing of training batch (epoch, batch) of ``count`` samples, from (seed, epoch,
+    rank, batch) only; None when the loader does not mix."""
+    if mixer is None or not mixer.active:
+        return None
+
+    def draw(epoch: int, batch: int, count: int) -> MixParams:
+        return mixer.draw(mix_generator(seed, epoch, rank, batch), count, size, size)
+
+    return draw

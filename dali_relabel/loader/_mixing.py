@@ -287,6 +287,62 @@ class Mixer:
         weight = torch.where(cut, (~inside).to(images.dtype), lam)
         return torch.lerp(images.flip(0), images, weight)
 
+    def blend(self, images: Tensor, params: MixParams) -> Tensor:
+        """Mixup's blend of the samples mixed but not cut: the half of :meth:`mix_images`
+        that the loader does in torch, its DALI graph having pasted the CutMix boxes
+        (:meth:`paste_inputs`)."""
+        mixup = (params.lam < 1.0) & ~params.cutmix
+        if not mixup.any():
+            return images
+        if params.shared:
+            lam = float(params.lam[0])
+            partner = images.flip(0).mul_(1.0 - lam)
+            return images.mul_(lam).add_(partner)
+        weight = np.where(mixup, params.lam, 1.0)
+        weight = _to(weight, images.device, images.dtype).view(-1, 1, 1, 1)
+        return torch.lerp(images.flip(0), images, weight)
+
+    @staticmethod
+    def paste_inputs(
+        params: MixParams, mirrors: np.ndarray, size: tuple[int, int]
+    ) -> dict[str, np.ndarray]:
+        """``fn.multi_paste`` arguments that paste the CutMix boxes into a batch whose
+        flips are still to come (``crop_mirror_normalize`` mirrors after the paste).
+
+        Sample i gets two pastes: itself whole, then its partner's box. The box is in
+        output (flipped) coordinates, so each side reads it through its own flip: columns
+        ``[xl, xh)`` become ``[W - xh, W - xl)`` in a sample that is mirrored later. The
+        pasted pixels are then exactly the partner's pixels of that region, the ones the
+        region targets pool; where the two flips differ, the patch appears mirrored
+        relative to the partner's own image (the same distribution of patches, as flips
+        are drawn at random). Samples not cut paste a 1x1 copy of themselves instead.
+
+        Returns:
+            ``paste_ids`` int32 [B, 2], ``paste_shapes``, ``paste_in`` and ``paste_out``
+            int32 [B, 2, 2] ((h, w) and (y, x) anchors), by input name.
+        """
+        height, width = size
+        batch = len(params.lam)
+        own = np.arange(batch, dtype=np.int32)
+        partner = own[::-1]
+        yl, yh, xl, xh = params.boxes.T.astype(np.int32)
+        mirrors = np.asarray(mirrors, dtype=bool)
+        x_read = np.where(mirrors[partner], width - xh, xl)
+        x_write = np.where(mirrors, width - xh, xl)
+        cut = params.cutmix
+        ids = np.stack([own, np.where(cut, partner, own)], 1)
+        full = np.broadcast_to(np.int32([height, width]), (batch, 2))
+        box = np.where(cut[:, None], np.stack([yh - yl, xh - xl], 1), 1)
+        zero = np.zeros((batch, 2), np.int32)
+        read = np.where(cut[:, None], np.stack([yl, x_read], 1), 0)
+        write = np.where(cut[:, None], np.stack([yl, x_write], 1), 0)
+        return {
+            "paste_ids": ids.astype(np.int32),
+            "paste_shapes": np.stack([full, box], 1).astype(np.int32),
+            "paste_in": np.stack([zero, read], 1).astype(np.int32),
+            "paste_out": np.stack([zero, write], 1).astype(np.int32),
+        }
+
     # -- targets ----------------------------------------------------------------------
     def targets(
         self,
@@ -321,31 +377,25 @@ class Mixer:
             )
             return self.smooth(self.mix_area(soft, params))
         strips, shares, source = region_boxes(params, crop_boxes, mirrors, size)
+        batch = len(shares)
         area = shares.sum(1)
-        weights = np.divide(
-            shares, area[:, None], out=np.zeros_like(shares), where=area[:, None] > 0
-        )
+        # one pooling of 2B rows: the kept strips (weights: their shares of the kept area)
+        # and the pasted box (weight 1, three empty boxes of weight 0 beside it)
+        weights = np.zeros((2 * batch, 4))
+        np.divide(shares, area[:, None], out=weights[:batch], where=area[:, None] > 0)
+        weights[batch:, 0] = 1.0
+        boxes = np.concatenate([strips, np.repeat(source[:, None], 4, axis=1)])
         dtype = torch.float32 if scores.dtype != torch.float64 else torch.float64
-        kept = region_pooling(
-            scores,
-            classes,
-            _to(strips, device, dtype),
+        pooled = region_pooling(
+            torch.cat([scores, scores]),
+            torch.cat([classes, classes]),
+            _to(boxes, device, dtype),
             _to(weights, device, dtype),
             self.num_classes,
             validate=validate,
         )
-        # the pasted box keeps its exact extent too (label_pooling widens a thin one)
-        ones = torch.ones(len(source), 1, dtype=dtype, device=device)
-        pasted = region_pooling(
-            scores,
-            classes,
-            _to(source[:, None], device, dtype),
-            ones,
-            self.num_classes,
-            validate=validate,
-        )
-        kept = torch.softmax(kept / temperature, dim=1)
-        pasted = torch.softmax(pasted / temperature, dim=1).flip(0)  # row i: its partner's
+        probs = torch.softmax(pooled if temperature == 1.0 else pooled / temperature, dim=1)
+        kept, pasted = probs[:batch], probs[batch:].flip(0)  # row i: its partner's box
         share = np.where(params.cutmix, area, params.lam)
         share = _to(share, device, kept.dtype)[:, None]
         return self.smooth(kept * share + pasted * (1.0 - share))

@@ -16,7 +16,8 @@ import numpy as np
 from dali_relabel import _checks
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 from dali_relabel.errors import ArgumentError
-from dali_relabel.loader._crops import batch_generator, crop_inputs, draw_crops
+from dali_relabel.loader._color import check_color_jitter, check_lighting
+from dali_relabel.loader._crops import batch_generator
 from dali_relabel.loader._graph import GraphSpec, build_graph, dali_dtype, default_resize_size
 
 __all__ = ["build_eval_pipeline", "build_train_pipeline"]
@@ -45,8 +46,7 @@ class _FileCycle:
         batch = {"paths": self._paths[start:stop], "indices": self._labels[start:stop]}
         if self._spec.train:
             rng = batch_generator(self._seed, self._pass, 0, self._batch)
-            draws = draw_crops(rng, stop - start, self._spec.scale, self._spec.ratio)
-            batch.update(crop_inputs(draws))
+            batch.update(self._spec.draw(rng, stop - start))
         self._batch += 1
         if stop == len(self._paths):
             self._pass, self._batch = self._pass + 1, 0
@@ -88,6 +88,8 @@ def build_train_pipeline(
     num_threads: int = 2,
     seed: int = 0,
     prefetch_queue_depth: int = 2,
+    color_jitter: tuple[float, float, float] | None = None,
+    lighting: float = 0.0,
 ):
     """A built DALI pipeline of RandomResizedCrop training, outputs :data:`TRAIN_OUTPUTS`.
 
@@ -116,6 +118,9 @@ def build_train_pipeline(
         seed: seed of the crops and flips; batch ``b`` of pass ``p`` over the list draws
             from (seed, p, 0, b). Default: 0.
         prefetch_queue_depth: batches DALI computes ahead. Default: 2.
+        color_jitter: (brightness, contrast, saturation) of ColorJitter (the loader's
+            ``color_jitter``, :mod:`._color`). Default: None.
+        lighting: standard deviation of the PCA lighting; 0 for none. Default: 0.
     """
     _check_common(files, labels, batch_size, crop_size, num_threads)
     _checks.at_least("seed", seed, 0)
@@ -130,6 +135,8 @@ def build_train_pipeline(
         dtype=dtype,
         channels_last=channels_last,
         device_id=device_id,
+        color_jitter=check_color_jitter(color_jitter),
+        lighting=check_lighting(lighting),
     )
     dali_dtype(dtype)
     source = _FileCycle(_joined(files, file_root), labels, batch_size, spec, seed)
