@@ -35,6 +35,7 @@ from dali_relabel.errors import ArgumentError, ImageDecodeError
 from dali_relabel.imagefolder import find_bad_images
 from dali_relabel.loader._batch import BatchAssembler
 from dali_relabel.loader._color import check_color_jitter, check_lighting
+from dali_relabel.loader._dataset import LoaderDataset
 from dali_relabel.loader._epoch import PREFETCH_DEPTH, Epoch, Epochs
 from dali_relabel.loader._graph import LoaderGraph, default_resize_size
 from dali_relabel.loader._label_maps import (
@@ -51,7 +52,7 @@ from dali_relabel.loader._options import (
     resolve_device,
     resolve_local_size,
 )
-from dali_relabel.loader._sampler import ShardSampler, resolve_shard
+from dali_relabel.loader._sampler import ShardBatchSampler, ShardSampler, resolve_shard
 from dali_relabel.loader._state import STATE_VERSION, check_state, dataset_fingerprint
 from dali_relabel.store import LabelMapStore, open_store
 
@@ -269,6 +270,15 @@ class ReLabelLoader:
         self.skipped_images: list[tuple[str, str]] = []
         if on_bad_image == "skip":
             self._skip_bad_images()
+        #: The samples; ``dataset[i]`` is (image with the evaluation transform, class index),
+        #: as ImageFolder with eval transforms gives it (:class:`LoaderDataset`).
+        self.dataset = LoaderDataset(
+            self.dataset,
+            crop_size=self.crop_size,
+            resize_size=self.resize_size,
+            mean=mean,
+            std=std,
+        )
         self.num_classes = (
             self.store.num_classes if self.store is not None else len(self.dataset.classes)
         )
@@ -305,6 +315,11 @@ class ReLabelLoader:
             world_size=world_size,
             drop_last=self.drop_last,
             even=bool(even_shards),
+        )
+        #: The batches of sample indices of an epoch (a DataLoader always has one; timm
+        #: sets its epoch).
+        self.batch_sampler = ShardBatchSampler(
+            self.sampler, self.batch_size, drop_last=self.drop_last and self.train
         )
         if self.drop_last and self.train and len(self.sampler) < self.batch_size:
             raise ArgumentError(

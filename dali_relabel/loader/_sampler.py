@@ -14,7 +14,7 @@ import numpy as np
 from dali_relabel import _checks
 from dali_relabel.errors import ArgumentError
 
-__all__ = ["ShardSampler", "resolve_shard"]
+__all__ = ["ShardBatchSampler", "ShardSampler", "resolve_shard"]
 
 
 class ShardSampler:
@@ -87,6 +87,45 @@ class ShardSampler:
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
+
+
+class ShardBatchSampler:
+    """The batches of sample indices one rank reads per epoch: the loader's
+    ``batch_sampler``, as a DataLoader always has one.
+
+    Iterating gives lists of sample indices, the batches of :attr:`sampler`'s current
+    epoch in the loader's order; ``len`` is the loader's. ``set_epoch`` sets the
+    sampler's epoch (timm's ``_set_loader_epoch`` calls it on the batch sampler when it
+    has one, instead of the sampler's; calling both, or twice, is the same).
+
+    Args:
+        sampler: the loader's sampler.
+        batch_size: samples per batch.
+        drop_last: leave out each epoch's last, smaller batch.
+    """
+
+    def __init__(self, sampler: ShardSampler, batch_size: int, drop_last: bool) -> None:
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the loader runs next (the sampler's)."""
+        return self.sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the loader's next iteration run epoch ``epoch``."""
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        samples = len(self.sampler)
+        return samples // self.batch_size if self.drop_last else -(-samples // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.sampler.indices().tolist()
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield order[start : start + self.batch_size]
 
 
 def resolve_shard(rank: int | None, world_size: int | None) -> tuple[int, int]:
