@@ -51,3 +51,22 @@ def write_store_from_pt(data: SampleData, path, *, shard_size: int = 16) -> Labe
 def sample_store(sample_data, tmp_path_factory) -> LabelMapStore:
     """The sample's label maps in a store (sample order = sorted keys)."""
     return write_store_from_pt(sample_data, tmp_path_factory.mktemp("store") / "maps.zarr")
+
+
+@pytest.fixture(scope="session")
+def trainer_root(sample_data, tmp_path_factory):
+    """An ImageNet-layout root as the trainers expect it: train/ (the 40 sample photos)
+    and val/ with 21 images, one per class folder (21 ImageNet classes), so that a hard
+    label names its sample: 21 = 2 * 10 + 1 = 3 * 7, batch 5 (issue 9's numbers)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("trainer_root")
+    (root / "train").symlink_to(sample_data.train)
+    wnids = imagenet_wnids()
+    photos = sorted(sample_data.train.rglob("*.JPEG"))
+    for i in range(21):
+        folder = root / "val" / wnids[40 * i]
+        folder.mkdir(parents=True)
+        with Image.open(photos[i]) as img:
+            img.resize((96, 72)).save(folder / f"{wnids[40 * i]}_val.JPEG", quality=90)
+    return root

@@ -1,4 +1,4 @@
-"""The trainer adapters: timm's create_loader and torchvision's references' loaders."""
+"""The older adapters: the deprecated timm create_loader and torchvision's references' loaders."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from dali_relabel.compat import create_loader, load_loaders
 CROP = 64
 
 
+@pytest.mark.filterwarnings("ignore:dali_relabel.compat.create_loader is deprecated")
 def test_trainer_adapters(sample_data, sample_store, tmp_path):
-    loader = create_loader(
-        sample_data.train, sample_store, (3, CROP, CROP), 16, is_training=True, num_workers=2
-    )
+    with pytest.deprecated_call(match="compat.timm_train"):
+        loader = create_loader(
+            sample_data.train, sample_store, (3, CROP, CROP), 16, is_training=True, num_workers=2
+        )
     assert loader.train and loader.targets == "soft" and loader.crop_size == CROP
     val = create_loader(sample_data.train, sample_store, CROP, 16, crop_pct=0.5, num_workers=2)
     assert val.targets == "hard" and val.resize_size == 2 * CROP

@@ -1,24 +1,15 @@
-"""timm's ``create_loader`` with ReLabel targets: the arguments timm's train.py passes.
+"""The former timm adapter, deprecated: :mod:`dali_relabel.compat.timm_train` replaces it.
 
-In timm's ``train.py`` (pytorch-image-models), replace the training loader with::
-
-    from dali_relabel.compat import create_loader
-    loader_train = create_loader(
-        os.path.join(args.data_dir, "train"), args.label_maps, input_size=data_config["input_size"],
-        batch_size=args.batch_size, is_training=True, num_workers=args.workers,
-    )
-    train_loss_fn = timm.loss.SoftTargetCrossEntropy()
-
-and pass ``--no-prefetcher`` (batches already live on the device, normalized). Mixup
-and CutMix mix hard labels and do not apply; ReLabel replaces them. The loader
-shards by torch.distributed itself and ``loader.sampler.set_epoch(epoch)``, which
-train.py calls, selects the epoch.
+It took the image folder and the label maps beside timm's ``create_loader`` arguments and
+needed several edits of train.py and ``--no-prefetcher``; the replacement is one import
+line (docs/INTEGRATION.md) and honours timm's mixing, smoothing and colour flags.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,6 +56,12 @@ def create_loader(
         device: as ReLabelLoader's ``device``. Default: None.
         **kwargs: further :class:`ReLabelLoader` arguments (``targets``, ``dtype``, ...).
     """
+    warnings.warn(
+        "dali_relabel.compat.create_loader is deprecated: import create_dataset and "
+        "create_loader from dali_relabel.compat.timm_train instead (docs/INTEGRATION.md)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     size = input_size if isinstance(input_size, int) else tuple(input_size)[-2:]
     if not isinstance(size, int):
         if size[0] != size[1]:

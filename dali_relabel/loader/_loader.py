@@ -235,6 +235,10 @@ class ReLabelLoader:
                 "even_shards=False keeps every sample in uneven shards: pass one of them"
             )
         color_jitter, lighting = check_color_jitter(color_jitter), check_lighting(lighting)
+        #: RandomResizedCrop's area and aspect-ratio ranges (training).
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+        #: ColorJitter's (brightness, contrast, saturation) spans, or None; PCA lighting std.
+        self.color_jitter, self.lighting = color_jitter, lighting
         if not train and (color_jitter is not None or lighting):
             raise ArgumentError(
                 "color_jitter/lighting given to an evaluation loader (train=False): colour "
