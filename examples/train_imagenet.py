@@ -1,13 +1,21 @@
 """Train an ImageNet classifier on ReLabel targets with ReLabelLoader: a short drop-in example.
 
 What changes against a torchvision training script is the loader (one line each for
-train and val) and the loss, a cross-entropy against soft targets:
-``torch.sum(-targets * log_softmax(logits), 1).mean()``.
+train and val) and the loss, a cross-entropy against soft targets
+(``dali_relabel.SoftTargetCrossEntropy``, ``sum(-targets * log_softmax(logits), 1).mean()``).
+
+``--local`` trains on the paper's localized labels: the loader yields a distribution per
+cell of a grid (``targets="local"``), the grid of the model's last feature map, and the
+model's classifier is applied to every cell of that map (a ResNet's ``fc`` as a 1x1
+convolution), trained with the per-cell loss ``LocalSoftTargetCrossEntropy``. Evaluation
+averages the cells' logits, which is the model's own global output (the classifier is
+linear, so it commutes with the average pooling).
 
     # ImageNet, one GPU or torchrun --nproc-per-node 8 ...
     python examples/train_imagenet.py --data /data/imagenet --label-maps relabel_imagenet.zarr
     # a few steps on the real-photo sample data, on the CPU, in a temporary folder
     python examples/train_imagenet.py --sample --steps 3 --crop-size 64 --batch-size 8
+    python examples/train_imagenet.py --sample --local --steps 3 --crop-size 64 --batch-size 8
 """
 
 from __future__ import annotations
@@ -20,14 +28,34 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
+from torch import nn
 
-from dali_relabel import ReLabelLoader
+from dali_relabel import LocalSoftTargetCrossEntropy, ReLabelLoader, SoftTargetCrossEntropy
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
+class LocalLogits(nn.Module):
+    """A torchvision ResNet whose ``fc`` is applied to every cell of the last feature map:
+    logits [B, C, h, w] in training, their mean over the cells (the ResNet's own output)
+    in evaluation."""
+
+    def __init__(self, resnet: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(getattr(resnet, "fc", None), nn.Linear):
+            raise SystemExit("--local needs a torchvision ResNet (its fc on every cell)")
+        self.features = nn.Sequential(*list(resnet.children())[:-2])  # up to the last stage
+        self.fc = resnet.fc
+
+    def grid(self, crop_size: int) -> tuple[int, int]:
+        """(h, w) of the feature map at ``crop_size``: the loader's local_size."""
+        with torch.no_grad():
+            shape = self.features(torch.zeros(1, 3, crop_size, crop_size)).shape
+        return int(shape[2]), int(shape[3])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        cells = torch.einsum("bchw,kc->bkhw", self.features(images), self.fc.weight)
+        cells = cells + self.fc.bias[:, None, None]
+        return cells if self.training else cells.mean((2, 3))
 
 
 def sample_data(folder: Path) -> tuple[Path, Path]:
@@ -52,6 +80,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="per process")
     parser.add_argument("--crop-size", type=int, default=224)
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--local", action="store_true", help="train on per-cell targets")
     args = parser.parse_args()
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -71,7 +100,15 @@ def main() -> None:
             train_dir, label_maps, val_dir = args.data / "train", args.label_maps, args.data / "val"
 
         common = {"crop_size": args.crop_size, "memory_format": torch.channels_last}
-        train_loader = ReLabelLoader(train_dir, label_maps, args.batch_size, **common)
+        model = torchvision.models.get_model(args.arch, num_classes=_num_classes(label_maps))
+        criterion: nn.Module = SoftTargetCrossEntropy()
+        local = {}
+        if args.local:
+            model = LocalLogits(model)
+            local = {"targets": "local", "local_size": model.grid(args.crop_size)}
+            criterion = LocalSoftTargetCrossEntropy()
+            print(f"local targets on the model's {local['local_size']} feature map")
+        train_loader = ReLabelLoader(train_dir, label_maps, args.batch_size, **common, **local)
         val_loader = None
         if val_dir.is_dir():
             # hard labels; every image exactly once across processes (even_shards=False:
@@ -87,7 +124,6 @@ def main() -> None:
                 **common,
             )
 
-        model = torchvision.models.get_model(args.arch, num_classes=train_loader.num_classes)
         model = model.to(device, memory_format=torch.channels_last)
         if distributed:
             model = torch.nn.parallel.DistributedDataParallel(model)
@@ -101,7 +137,7 @@ def main() -> None:
             start = time.perf_counter()
             # islice, not break: a break would make the loader fetch one batch too many
             for step, (images, targets) in enumerate(itertools.islice(train_loader, steps)):
-                loss = soft_cross_entropy(model(images), targets)
+                loss = criterion(model(images), targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -120,6 +156,12 @@ def main() -> None:
 
     if distributed:
         torch.distributed.destroy_process_group()
+
+
+def _num_classes(label_maps: str | Path) -> int:
+    from dali_relabel.store import open_store
+
+    return open_store(label_maps).num_classes
 
 
 def train_device() -> torch.device:
