@@ -24,10 +24,11 @@ COMMON = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "pin_memo
           "use_prefetcher": True}  # fmt: skip
 TRAIN = {"batch_size": 8, "is_training": True, "no_aug": False, "re_prob": 0.0,
          "re_mode": "pixel", "re_count": 1, "re_split": False, "train_crop_mode": None,
-         "scale": None, "ratio": None, "hflip": 0.5, "vflip": 0.0, "color_jitter": 0.4,
-         "color_jitter_prob": None, "grayscale_prob": 0.0, "gaussian_blur_prob": 0.0,
-         "auto_augment": None, "num_aug_repeats": 0, "num_aug_splits": 0,
-         "interpolation": "random", "num_workers": 2, "worker_seeding": "all"}  # fmt: skip
+         "scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3], "hflip": 0.5, "vflip": 0.0,
+         "color_jitter": 0.4, "color_jitter_prob": None, "grayscale_prob": None,
+         "gaussian_blur_prob": None, "auto_augment": None, "num_aug_repeats": 0,
+         "num_aug_splits": 0, "interpolation": "random", "num_workers": 2,
+         "worker_seeding": "all"}  # fmt: skip
 # timm main's create_loader also gets these from train.py
 MAIN = {"input_size_choices": None, "batch_size_choices": None, "batch_choice_weights": None,
         "batch_choice_seed": 0, "batch_choice_schedule": "constant",

@@ -286,7 +286,8 @@ def _refuse_unsupported(extra: dict[str, Any], *, is_training: bool, **given: An
     }
     for name, (flag, fine) in flags.items():
         value = given[name]
-        if value != fine and not (name == "auto_augment" and not value):
+        off = not value if fine in (None, 0.0, False) else value == fine  # None/0/"" are off
+        if not off:
             if not is_training and name in ("re_prob", "hflip", "vflip", "no_aug"):
                 continue  # training transforms: an evaluation loader does not use them
             raise ArgumentError(f"{flag} {value!r} is not offered by dali_relabel's loader")
