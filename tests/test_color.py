@@ -23,12 +23,11 @@ _MEAN = np.array(IMAGENET_MEAN).reshape(1, 3, 1, 1)
 _STD = np.array(IMAGENET_STD).reshape(1, 3, 1, 1)
 
 
-def _batches(sample_data, sample_store, **color) -> np.ndarray:
+def _batches(sample_data, sample_store, device="cpu", **color) -> np.ndarray:
     """Every image of EPOCHS epochs, float64 [N, 3, S, S] on the 0-255 scale (unclipped)."""
-    loader = ReLabelLoader(
-        sample_data.train, sample_store, 20, crop_size=CROP, num_threads=2, seed=5, **color
-    )
-    out = [x.double().numpy() for _ in range(EPOCHS) for x, _ in loader]
+    loader = ReLabelLoader(sample_data.train, sample_store, 20, crop_size=CROP, num_threads=2,
+                           seed=5, device=device, **color)  # fmt: skip
+    out = [x.double().cpu().numpy() for _ in range(EPOCHS) for x, _ in loader]
     return (np.concatenate(out) * _STD + _MEAN) * 255
 
 
@@ -147,3 +146,21 @@ def test_colour_is_a_training_option_and_checked(sample_data, sample_store):
     loader = ReLabelLoader(sample_data.train, sample_store, 8, color_jitter=(0.4, 0.4, 0.4, 0))
     assert loader is not None
     assert torch.is_tensor(next(iter(loader))[0])
+
+
+@pytest.mark.gpu
+def test_colour_on_the_gpu_is_the_same_computation(sample_data, sample_store):
+    """On "mixed" (the image's mean gray goes back to the CPU as the contrast's argument):
+    the contrast formula and the lighting offsets as on the CPU, against the same crops
+    decoded on the GPU without colour."""
+    plain = np.rint(_batches(sample_data, sample_store, "cuda"))
+    out = _batches(sample_data, sample_store, "cuda", color_jitter=(0, 0.4, 0))
+    centre = np.broadcast_to(_gray(plain).mean((2, 3), keepdims=True), plain.shape)
+    factors = _fit(out, plain, centre, clipped=True)
+    expected = np.clip(np.rint(factors[:, None, None, None] * (plain - centre) + centre), 0, 255)
+    assert np.mean(np.abs(out - expected) <= 1.01) > 0.999
+    assert factors.min() >= 0.6 - 1e-3 and factors.max() <= 1.4 + 1e-3
+    lit = _batches(sample_data, sample_store, "cuda", lighting=0.1)
+    per_image = ((lit - plain) / 255).mean((2, 3))
+    alpha = np.linalg.solve(np.array(EIGVEC), per_image.T).T / np.array(EIGVAL)
+    assert abs(alpha.std() - 0.1) < 0.015

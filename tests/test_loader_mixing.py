@@ -14,6 +14,8 @@ from dali_relabel.store import LabelMapWriter
 
 CROP = 64
 FAST = {"crop_size": CROP, "num_threads": 2}
+#: the same checks on the GPU (decoding on "mixed", pasting and mixing there) where one is
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 # one colour per class, far apart
 PALETTE = np.array([(230, 30, 30), (30, 200, 30), (30, 30, 230), (230, 230, 30)], np.uint8)
 CLASSES, GRID = len(PALETTE), 16
@@ -57,7 +59,7 @@ def _pixel_shares(images: torch.Tensor) -> torch.Tensor:
     """Share of each class's colour among the pixels of each image, [B, C]."""
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-    rgb = (images.float() * std + mean).permute(0, 2, 3, 1)
+    rgb = (images.float().cpu() * std + mean).permute(0, 2, 3, 1)
     nearest = ((rgb[..., None, :] - torch.tensor(PALETTE).float()) ** 2).sum(-1).argmin(-1)
     return torch.stack([(nearest == c).float().mean((1, 2)) for c in range(CLASSES)], 1)
 
@@ -71,16 +73,18 @@ def _agreement(loader: ReLabelLoader, epochs: int) -> tuple[int, int]:
             shares = _pixel_shares(images)
             top = shares.topk(2, dim=1).values
             clear = top[:, 0] - top[:, 1] >= 0.2
-            agree += int(((targets.argmax(1) == shares.argmax(1)) & clear).sum())
+            agree += int(((targets.argmax(1).cpu() == shares.argmax(1)) & clear).sum())
             decisive += int(clear.sum())
     return agree, decisive
 
 
-def test_region_targets_follow_the_mixed_pixels_and_area_targets_do_not(two_colour):
+@pytest.mark.parametrize("device", DEVICES)
+def test_region_targets_follow_the_mixed_pixels_and_area_targets_do_not(two_colour, device):
     root, maps = two_colour
     rates = {}
     for mode in ("region", "area"):
-        loader = ReLabelLoader(root, maps, 16, cutmix_alpha=1.0, mix_targets=mode, seed=1, **FAST)
+        options = {"cutmix_alpha": 1.0, "mix_targets": mode, "seed": 1, "device": device}
+        loader = ReLabelLoader(root, maps, 16, **options, **FAST)
         agree, decisive = _agreement(loader, epochs=4)
         assert decisive >= 80
         rates[mode] = agree / decisive
@@ -88,14 +92,14 @@ def test_region_targets_follow_the_mixed_pixels_and_area_targets_do_not(two_colo
     assert rates["area"] <= rates["region"] - 0.05, rates
 
 
-def test_mixing_switched_off_gives_the_plain_batches_smoothed(two_colour):
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixing_switched_off_gives_the_plain_batches_smoothed(two_colour, device):
     """Same seed: the crops do not depend on mixing, so a mixing loader switched off
     (also for the batches DALI made ahead) yields the plain loader's batches, smoothed."""
     root, maps = two_colour
-    plain = ReLabelLoader(root, maps, 8, seed=3, **FAST)
-    mixing = ReLabelLoader(
-        root, maps, 8, seed=3, cutmix_alpha=1.0, mixup_alpha=0.5, label_smoothing=0.1, **FAST
-    )
+    plain = ReLabelLoader(root, maps, 8, seed=3, device=device, **FAST)
+    mix = {"cutmix_alpha": 1.0, "mixup_alpha": 0.5, "label_smoothing": 0.1}
+    mixing = ReLabelLoader(root, maps, 8, seed=3, device=device, **mix, **FAST)
     assert mixing.mixup_enabled and not plain.mixup_enabled
     expected = [(x, 0.9 * t + 0.1 / CLASSES) for x, t in plain]
     epoch = iter(mixing)
@@ -152,14 +156,17 @@ def test_mixup_enabled_cannot_be_switched_on_without_mixing(two_colour):
         loader.mixup_enabled = True
 
 
-@pytest.mark.parametrize("mode", ["batch", "elem"])
-def test_pasted_boxes_show_the_partners_pixels(sample_data, sample_store, mode):
+@pytest.mark.parametrize(
+    ("mode", "device"),
+    [("batch", "cpu"), ("elem", "cpu"), pytest.param("elem", "cuda", marks=pytest.mark.gpu)],
+)
+def test_pasted_boxes_show_the_partners_pixels(sample_data, sample_store, mode, device):
     """Same seed, so the same crops and flips: a CutMix batch is the plain batch with the
     partner's pixels in each box (mirrored where the two flips differ: the graph pastes
     before flipping), and the boxes are the Mixer's draws for (seed, epoch, rank, batch)."""
     from dali_relabel.loader._mixing import Mixer, mix_generator
 
-    kwargs = {"seed": 7, "crop_size": 48, "num_threads": 2}
+    kwargs = {"seed": 7, "crop_size": 48, "num_threads": 2, "device": device}
     plain = ReLabelLoader(sample_data.train, sample_store, 10, **kwargs)
     mixed = ReLabelLoader(
         sample_data.train, sample_store, 10, cutmix_alpha=1.0, mix_mode=mode, **kwargs
@@ -171,7 +178,7 @@ def test_pasted_boxes_show_the_partners_pixels(sample_data, sample_store, mode):
         for i in range(len(x)):
             j = len(x) - 1 - i
             yl, yh, xl, xh = params.boxes[i] if params.cutmix[i] else (0, 0, 0, 0)
-            inside = torch.zeros(48, 48, dtype=torch.bool)
+            inside = torch.zeros(48, 48, dtype=torch.bool, device=device)
             inside[yl:yh, xl:xh] = True
             assert torch.equal(y[i][:, ~inside], x[i][:, ~inside])
             if inside.any():
