@@ -92,10 +92,11 @@ def scan_image_folder(
 
 
 class ImageFolderList:
-    """The samples of an ImageFolder tree; what ``ReLabelLoader.dataset`` is.
+    """The samples of an ImageFolder tree (``ReLabelLoader.dataset`` is one, whose
+    ``dataset[i]`` decodes the image: :class:`~dali_relabel.loader._dataset.LoaderDataset`).
 
-    Make one with :meth:`scan`. It holds no images: ``dataset[i]`` is ``(path,
-    class_index)`` as in ``samples``. Attributes follow ``torchvision.datasets.ImageFolder``:
+    Make one with :meth:`scan`. It holds no images: ``samples[i]`` and ``list[i]`` are
+    ``(path, class_index)``. Attributes follow ``torchvision.datasets.ImageFolder``:
 
     Attributes:
         root: the tree's root folder.

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dali_relabel.loader._mixing import Mixer, MixParams, mix_generator, region_boxes
+from dali_relabel.loader._mixing import Mixer, MixParams, mix_generator
+from dali_relabel.loader._regions import region_boxes
 
 NUM_CLASSES = 10
 

@@ -40,7 +40,8 @@ from nvidia.dali import fn, pipeline_def, types
 from dali_relabel import _checks
 from dali_relabel.loader._color import COLOR_INPUTS, apply_color, draw_color, lighting_mean
 from dali_relabel.loader._crops import batch_generator, crop_inputs, draw_crops, rrc_window
-from dali_relabel.loader._mixing import Mixer, MixParams
+from dali_relabel.loader._mixing import MixParams
+from dali_relabel.loader._regions import paste_inputs
 
 __all__ = [
     "EVAL_INPUTS",
@@ -66,7 +67,7 @@ EVAL_OUTPUTS = ("images", "indices", "image_shapes")
 TRAIN_INPUTS = ("paths", "indices", "attempts", "position", "mirror")
 #: Inputs of the evaluation graph.
 EVAL_INPUTS = ("paths", "indices")
-#: Inputs of a training graph that pastes CutMix boxes (:meth:`Mixer.paste_inputs`).
+#: Inputs of a training graph that pastes CutMix boxes (:func:`._regions.paste_inputs`).
 PASTE_INPUTS = ("paste_ids", "paste_shapes", "paste_in", "paste_out")
 # (DALI type, dimensions per sample) of each input
 _INPUT_TYPES = {
@@ -371,7 +372,7 @@ class LoaderGraph:
             if mix is None:
                 raise RuntimeError("a graph that pastes CutMix boxes was fed no mixing")
             size = (self._spec.crop_size, self._spec.crop_size)
-            feed.update(Mixer.paste_inputs(mix, feed["mirror"], size))
+            feed.update(paste_inputs(mix, feed["mirror"], size))
         return feed
 
     @staticmethod

@@ -44,11 +44,12 @@ from dali_relabel.loader._label_maps import (
     scan_in_store_classes,
     store_rows,
 )
-from dali_relabel.loader._mixing import Mixer, MixParams, mix_generator
 from dali_relabel.loader._options import (
     check_channels,
     check_range,
     default_threads,
+    loader_mixer,
+    mix_drawer,
     resolve_device,
     resolve_local_size,
 )
@@ -136,26 +137,15 @@ class ReLabelLoader:
             it; "skip" checks every file at construction (signature bytes, JPEG end
             marker, Pillow) and leaves out those that fail, listed in
             :attr:`skipped_images`, with a warning. Default: "raise".
-        cutmix_alpha: CutMix (Yun et al., ICCV 2019) on training batches with
-            ``lam ~ Beta(cutmix_alpha, cutmix_alpha)``; 0 turns it off. Mixing follows
-            timm's ``Mixup`` (partner ``B - 1 - i``, its lambda, box and switching rules);
-            docs/LOADER.md ("Mixing"). Default: 0.
-        mixup_alpha: Mixup with ``lam ~ Beta(mixup_alpha, mixup_alpha)``; 0 turns it off.
-            Default: 0.
-        cutmix_minmax: CutMix box sides as (min, max) fractions of the image instead of
-            from lambda (timm's). Default: None.
-        mix_prob: probability that a batch (pair, sample) is mixed. Default: 1.0.
-        switch_prob: probability of CutMix rather than Mixup when both are on.
-            Default: 0.5.
-        mix_mode: draw per "batch", per "pair" of partners or per "elem" (sample), as
-            timm's ``--mixup-mode``. Default: "batch".
-        correct_lam: CutMix's lambda is the share of pixels kept ("area" targets).
-            Default: True.
-        mix_targets: "region": each part of a mixed image carries the label map pooled
-            over exactly the pixels it shows (crop and mirror accounted for); "area": the
-            paper's lambda-weighted sum of the two crops' targets. Default: "region".
-        label_smoothing: soft targets become ``(1 - eps) * t + eps / C``, mixed or not
-            (timm's ``--smoothing`` with mixing). Default: 0.
+        cutmix_alpha, mixup_alpha, cutmix_minmax, mix_prob, switch_prob, mix_mode,
+            correct_lam, label_smoothing: CutMix (Yun et al., ICCV 2019) and Mixup of
+            training batches with timm's parameters and semantics, and label smoothing
+            of the soft targets (:class:`~dali_relabel.loader._mixing.Mixer` explains
+            each; docs/LOADER.md, "Mixing"). Defaults: 0, 0, None, 1.0, 0.5, "batch",
+            True, 0 (no mixing, no smoothing).
+        mix_targets: "region" gives each part of a mixed image the label map of the
+            pixels it shows (crop and flip accounted for); "area" is the paper's
+            lambda-weighted sum of the two crops' targets. Default: "region".
         color_jitter: ColorJitter of training images in the DALI graph, a number or
             (brightness, contrast, saturation); 0.4 is the official ReLabel recipe's and
             timm's default. docs/LOADER.md ("Colour"). Default: None (off).
@@ -286,7 +276,7 @@ class ReLabelLoader:
         self.num_classes = (
             self.store.num_classes if self.store is not None else len(self.dataset.classes)
         )
-        self._mixer = _mixer(
+        self._mixer = loader_mixer(
             self.num_classes,
             self.train,
             self.targets,
@@ -373,7 +363,7 @@ class ReLabelLoader:
             batch_size=self.batch_size,
             drop_last=self.drop_last and self.train,
             epoch_free=not (self.train or self.sampler.shuffle),
-            draw_mix=_draw_mix(self._mixer, self.seed, rank, self.crop_size),
+            draw_mix=mix_drawer(self._mixer, self.seed, rank, self.crop_size),
         )
         # (epoch, first batch) that the next iter() resumes, set by load_state_dict
         self._resume: tuple[int, int] | None = None
@@ -547,42 +537,3 @@ def _build_pipeline_of(loader: ReLabelLoader) -> Callable[[int], Any]:
         return owner.build_pipeline(prefetch_queue_depth=prefetch_queue_depth)
 
     return build
-
-
-def _mixer(num_classes: int, train: bool, targets: str, **options: Any) -> Mixer | None:
-    """The loader's Mixer, its options checked; None when it neither mixes nor smooths."""
-    mixer = Mixer(num_classes, **options)
-    if not (mixer.active or mixer.label_smoothing):
-        return None
-    asked = "cutmix_alpha/mixup_alpha" if mixer.active else "label_smoothing"
-    if not train:
-        raise ArgumentError(
-            f"{asked} given to an evaluation loader (train=False): mixing and smoothing are "
-            "training options; pass them to the training loader only"
-        )
-    if targets == "hard":
-        raise ArgumentError(
-            f"{asked} needs soft targets, but targets='hard'; pass label maps and "
-            "targets='soft' (or 'both')"
-        )
-    if targets == "local" and mixer.active:
-        raise ArgumentError(
-            "CutMix/Mixup of local targets is not offered: pass targets='soft' or 'both' to "
-            "mix, or leave cutmix_alpha and mixup_alpha at 0 (label_smoothing alone smooths "
-            "local targets per cell)"
-        )
-    return mixer
-
-
-def _draw_mix(
-    mixer: Mixer | None, seed: int, rank: int, size: int
-) -> Callable[[int, int, int], MixParams] | None:
-    """The mixing of training batch (epoch, batch) of ``count`` samples, from (seed, epoch,
-    rank, batch) only; None when the loader does not mix."""
-    if mixer is None or not mixer.active:
-        return None
-
-    def draw(epoch: int, batch: int, count: int) -> MixParams:
-        return mixer.draw(mix_generator(seed, epoch, rank, batch), count, size, size)
-
-    return draw

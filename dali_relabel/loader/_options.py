@@ -1,13 +1,16 @@
 """Checks and defaults of the loader's options (:class:`~dali_relabel.loader.ReLabelLoader`).
 
 Each check raises :class:`~dali_relabel.errors.ArgumentError` naming the option, the
-value received and what is accepted.
+value received and what is accepted. The mixing options make a
+:class:`~dali_relabel.loader._mixing.Mixer` here, checked against the loader's mode and
+targets, and the function that draws each fed batch's mixing.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,11 +18,14 @@ import torch
 from dali_relabel import _checks
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD
 from dali_relabel.errors import ArgumentError
+from dali_relabel.loader._mixing import Mixer, MixParams, mix_generator
 
 __all__ = [
     "check_channels",
     "check_range",
     "default_threads",
+    "loader_mixer",
+    "mix_drawer",
     "resolve_device",
     "resolve_local_size",
 ]
@@ -83,3 +89,42 @@ def default_threads() -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def loader_mixer(num_classes: int, train: bool, targets: str, **options: Any) -> Mixer | None:
+    """The loader's Mixer, its options checked; None when it neither mixes nor smooths."""
+    mixer = Mixer(num_classes, **options)
+    if not (mixer.active or mixer.label_smoothing):
+        return None
+    asked = "cutmix_alpha/mixup_alpha" if mixer.active else "label_smoothing"
+    if not train:
+        raise ArgumentError(
+            f"{asked} given to an evaluation loader (train=False): mixing and smoothing are "
+            "training options; pass them to the training loader only"
+        )
+    if targets == "hard":
+        raise ArgumentError(
+            f"{asked} needs soft targets, but targets='hard'; pass label maps and "
+            "targets='soft' (or 'both')"
+        )
+    if targets == "local" and mixer.active:
+        raise ArgumentError(
+            "CutMix/Mixup of local targets is not offered: pass targets='soft' or 'both' to "
+            "mix, or leave cutmix_alpha and mixup_alpha at 0 (label_smoothing alone smooths "
+            "local targets per cell)"
+        )
+    return mixer
+
+
+def mix_drawer(
+    mixer: Mixer | None, seed: int, rank: int, size: int
+) -> Callable[[int, int, int], MixParams] | None:
+    """The mixing of training batch (epoch, batch) of ``count`` samples, from (seed, epoch,
+    rank, batch) only; None when the loader does not mix."""
+    if mixer is None or not mixer.active:
+        return None
+
+    def draw(epoch: int, batch: int, count: int) -> MixParams:
+        return mixer.draw(mix_generator(seed, epoch, rank, batch), count, size, size)
+
+    return draw
