@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/decoders.py --out runs/bench/decoders.json
 	$(PY) benchmarks/generate.py --out runs/bench/generate.json
 	$(PY) benchmarks/throughput.py --out-dir runs/bench
+	$(PY) benchmarks/augment.py --out runs/bench/augment.json
 	$(PY) benchmarks/epochs.py --out runs/bench/epochs.json
 
 clean:

@@ -22,7 +22,9 @@ latter times ``--threads``. On a machine that other jobs share, the wall-clock r
 moves with their load; the CPU-time rate is what the configuration costs, and on a
 dedicated machine whose ``--threads`` cores the loader keeps busy it is the wall-clock
 rate. Reported: median and min/max over the windows of both, their ratios of medians to
-the baseline, and the machine's load average before and after.
+the baseline, the paired ratio (the median over windows of a window's rate over the
+baseline's window of the same round: a shared machine's load moves within seconds), and
+the machine's load average before and after.
 
 Usage: python benchmarks/augment.py [--images-per-class 64] [--batch-size 64]
                                     [--crop-size 224] [--threads 2] [--windows 5]
@@ -53,6 +55,8 @@ CONFIGS = {
     "cutmix_area": {"cutmix_alpha": 1.0, "mix_targets": "area"},
     "mixup": {"mixup_alpha": 0.8},
     "color": {"color_jitter": 0.4, "lighting": 0.1},
+    # diagnosis: the CutMix graph with nothing cut (its paste copies, no mixing)
+    "cutmix_never": {"cutmix_alpha": 1.0, "mix_prob": 0.0},
 }
 
 
@@ -113,11 +117,17 @@ def main(argv=None) -> dict:
             values = table[name]
             median = statistics.median(values)
             base = statistics.median(table["baseline"]) if "baseline" in table else None
+            paired = None
+            if "baseline" in table:  # window w against the baseline's window w
+                paired = statistics.median(
+                    v / b for v, b in zip(values, table["baseline"], strict=True)
+                )
             results[name][key] = {
                 "images_per_s": round(median, 1),
                 "min": round(min(values), 1),
                 "max": round(max(values), 1),
                 "ratio_to_baseline": None if base is None else round(median / base, 3),
+                "paired_ratio": None if paired is None else round(paired, 3),
             }
     return emit(
         {
