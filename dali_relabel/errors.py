@@ -14,6 +14,7 @@ __all__ = [
     "ArgumentTypeError",
     "ClassTableError",
     "DaliRelabelError",
+    "DaliRelabelWarning",
     "ImageDecodeError",
     "KeyNotFoundError",
     "LabelMapFormatError",
@@ -21,6 +22,7 @@ __all__ = [
     "MissingDependencyError",
     "NotFoundError",
     "SampleIndexError",
+    "StoreCorruptError",
     "StoreIncompleteError",
     "StoreMismatchError",
     "StoreNotFoundError",
@@ -85,11 +87,32 @@ class StoreIncompleteError(DaliRelabelError, ValueError):
 
 
 class StoreMismatchError(DaliRelabelError, ValueError):
-    """A store that does not fit what it is used with (other parameters, other keys)."""
+    """A store that does not fit what it is used with (other parameters, other keys), or
+    whose attributes contradict its own arrays."""
+
+
+class StoreCorruptError(DaliRelabelError, ValueError):
+    """Store data that is missing or damaged: a shard file deleted or cut short, a chunk
+    whose checksum does not match, a metadata document that does not parse.
+
+    Attributes:
+        path: the file (or URL) that is missing or damaged.
+        kind: "missing", "corrupt" or "undecodable".
+    """
+
+    def __init__(self, message: str, *, path: str = "", kind: str = "corrupt") -> None:
+        super().__init__(message)
+        self.path = path
+        self.kind = kind
 
 
 class LabelMapFormatError(DaliRelabelError, ValueError):
     """A label-map file (official ``.pt`` or dense map) that is malformed."""
+
+
+class DaliRelabelWarning(UserWarning):
+    """Something a user should know that does not stop the work: a store of an older
+    format, label maps recomputed because their images changed."""
 
 
 class TeacherError(DaliRelabelError, ValueError):

@@ -104,14 +104,18 @@ def test_format_attributes_on_disk(tmp_path):
     path = tmp_path / "s.zarr"
     _write(path, class_names=[f"n{i:08d}" for i in range(1000)], provenance={"teacher": "t"})
     attrs = json.loads((path / "zarr.json").read_text())["attributes"]
-    assert attrs["format"] == STORE_FORMAT and attrs["format_version"] == 1
+    assert attrs["format"] == STORE_FORMAT and attrs["format_version"] == 2
     assert attrs["complete"] is True
     assert attrs["grid"] == [15, 11] and attrs["k"] == 5 and attrs["num_classes"] == 1000
     assert attrs["score_kind"] == "logits" and attrs["provenance"] == {"teacher": "t"}
     scores_meta = json.loads((path / "scores" / "zarr.json").read_text())
     assert scores_meta["shape"] == [50, 5, 15, 11]
     assert scores_meta["codecs"][0]["name"] == "sharding_indexed"
-    assert scores_meta["codecs"][0]["configuration"]["chunk_shape"] == [1, 5, 15, 11]
+    sharding = scores_meta["codecs"][0]["configuration"]
+    assert sharding["chunk_shape"] == [1, 5, 15, 11]
+    # format 2: a checksum over every stored chunk and over the shard index
+    assert [c["name"] for c in sharding["codecs"]] == ["bytes", "zstd", "crc32c"]
+    assert [c["name"] for c in sharding["index_codecs"]] == ["bytes", "crc32c"]
 
 
 def test_incomplete_store_is_refused_then_resumed(tmp_path):
@@ -139,7 +143,9 @@ def test_writer_refuses_other_parameters_and_foreign_paths(tmp_path):
     keys = [f"c{i % 3}/img_{i:04d}" for i in range(50)]
     with pytest.raises(StoreMismatchError, match=r"other parameters.*k: 5 there, 3 now"):
         LabelMapWriter.create(path, keys, num_classes=1000, k=3, grid=(15, 11), shard_size=16)
-    with pytest.raises(StoreMismatchError, match="keys_sha256"):
+    with pytest.raises(
+        StoreMismatchError, match=r"other images: 1 are gone \(first: c1/img_0049\)"
+    ):
         LabelMapWriter.create(path, keys[:-1], num_classes=1000, k=5, grid=(15, 11), shard_size=16)
     other = tmp_path / "other"
     other.mkdir()

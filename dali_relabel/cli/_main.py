@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from dali_relabel.cli import _labelmaps, _store, _tools
-from dali_relabel.errors import DaliRelabelError
+from dali_relabel.errors import DaliRelabelError, DaliRelabelWarning
 
 __all__ = ["build_parser", "main"]
 
@@ -45,6 +46,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    with warnings.catch_warnings():
+        _notes_as_lines(args.command)
+        return _run(args)
+
+
+def _notes_as_lines(command: str) -> None:
+    """Print the library's warnings as one line each, as its errors are."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DaliRelabelWarning):
+            print(f"dali-relabel {command}: note: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except (DaliRelabelError, OSError) as e:  # said on purpose, or the system's: one line

@@ -1,34 +1,44 @@
 """The label-map store: ReLabel's per-image top-k maps in one Zarr v3 group.
 
 :class:`LabelMapStore` reads a store, :class:`LabelMapWriter` writes one resumably, and
-:func:`compact` rewrites a written store without some of its rows. The format is in
-docs/FORMAT.md and :mod:`dali_relabel.store._format`.
+:func:`compact` rewrites a written store without some of its rows, :func:`rewrite` in
+the current format, and :func:`verify_store` reads every chunk and names each damaged
+shard. The format is in docs/FORMAT.md and :mod:`dali_relabel.store._format`.
 """
 
 from __future__ import annotations
 
-from dali_relabel.store._compaction import compact, find_compacted
+from dali_relabel.store._compaction import compact, find_compacted, rewrite
 from dali_relabel.store._format import (
     DEFAULT_SHARD_SIZE,
+    READABLE_VERSIONS,
     SCORE_DTYPES,
     SCORE_KINDS,
+    SOURCE_CHECKS,
     STORE_FORMAT,
     STORE_FORMAT_VERSION,
     class_dtype_for,
 )
 from dali_relabel.store._reader import LabelMapStore, open_store
+from dali_relabel.store._verify import ShardProblem, StoreReport, verify_store
 from dali_relabel.store._writer import LabelMapWriter
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
+    "READABLE_VERSIONS",
     "SCORE_DTYPES",
     "SCORE_KINDS",
+    "SOURCE_CHECKS",
     "STORE_FORMAT",
     "STORE_FORMAT_VERSION",
     "LabelMapStore",
     "LabelMapWriter",
+    "ShardProblem",
+    "StoreReport",
     "class_dtype_for",
     "compact",
     "find_compacted",
     "open_store",
+    "rewrite",
+    "verify_store",
 ]

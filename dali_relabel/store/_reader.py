@@ -6,15 +6,19 @@ training image; a store keeps all of them in one chunked, compressed Zarr v3 gro
 ``classes`` [N, k, H, W] (int16, or int32 past 32,767 classes) and ``keys`` [N]
 (relative image path without extension), in image orientation.
 
+Opening a store checks its attributes against the arrays' own metadata, whatever the
+memory mode; reading checks every chunk's crc32c and refuses missing data, raising
+:class:`~dali_relabel.errors.StoreCorruptError` naming the shard file (format 2).
 Reading goes through tensorstore where it can (local paths): it decodes one-sample
 chunks tens of times faster than zarr-python (README, "Numbers"), which is what makes
 loading all of ImageNet into memory take well under a minute. URLs are read through
-zarr-python and fsspec.
+zarr-python and fsspec, each shard's index checked before its data is read.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,26 +27,92 @@ import numpy as np
 
 from dali_relabel.errors import (
     ArgumentTypeError,
+    DaliRelabelWarning,
     KeyNotFoundError,
     SampleIndexError,
+    StoreCorruptError,
     StoreIncompleteError,
     StoreMismatchError,
     StoreNotFoundError,
 )
 from dali_relabel.store._format import (
-    DEFAULT_SHARD_SIZE,
+    ARRAYS,
+    READABLE_VERSIONS,
+    SOURCES,
     STORE_FORMAT,
     STORE_FORMAT_VERSION,
+    check_arrays,
+    check_attributes,
     is_url,
+    keys_digest,
+    legacy_note,
     local_path,
+)
+from dali_relabel.store._io import (
+    check_shard_index,
+    corrupt_error,
     open_group,
     open_tensorstores,
+    read_document,
+    shard_key,
+    short_detail,
 )
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LabelMapStore", "open_store"]
+__all__ = ["LabelMapStore", "open_store", "read_attributes"]
+
+
+def read_attributes(
+    path: str, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The group attributes of the store at ``path`` (parsed by this module, so that a
+    damaged ``zarr.json`` is named); None when there is no ``zarr.json``.
+
+    Raises StoreMismatchError when the folder holds a Zarr document that is not a group.
+    """
+    doc = read_document(path, "zarr.json", storage_options)
+    if doc is None:
+        return None
+    if doc.get("node_type") != "group" or doc.get("zarr_format") != 3:
+        raise StoreMismatchError(
+            f"{path!r} is not a Zarr v3 group (zarr.json says zarr_format="
+            f"{doc.get('zarr_format')!r}, node_type={doc.get('node_type')!r}); a label map store "
+            "is one"
+        )
+    attrs = doc.get("attributes", {})
+    if not isinstance(attrs, dict):
+        raise StoreCorruptError(
+            f"{path}/zarr.json: attributes are a {type(attrs).__name__}, not an object",
+            path=f"{path}/zarr.json",
+        )
+    return attrs
+
+
+def _check_version(attrs: Mapping[str, Any], path: str) -> int:
+    if attrs.get("format") != STORE_FORMAT:
+        raise StoreMismatchError(
+            f"{path!r} is a Zarr group but not a dali_relabel label map store "
+            f"(attribute format={attrs.get('format')!r}, expected {STORE_FORMAT!r})"
+        )
+    version = attrs.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise StoreMismatchError(
+            f"label map store {path!r}: attribute format_version={version!r} is not an integer; "
+            "the store's zarr.json was edited or damaged. Restore it, or write the store again"
+        )
+    if version > STORE_FORMAT_VERSION:
+        raise StoreMismatchError(
+            f"label map store {path!r} has format_version={version}, newer than this "
+            f"dali_relabel reads ({STORE_FORMAT_VERSION}); upgrade dali_relabel"
+        )
+    if version not in READABLE_VERSIONS:
+        raise StoreMismatchError(
+            f"label map store {path!r} has format_version={version}; this dali_relabel reads "
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}"
+        )
+    return version
 
 
 class LabelMapStore:
@@ -51,17 +121,21 @@ class LabelMapStore:
     ``scores, classes = store.read(indices)`` returns arrays [n, k, H, W] in image
     orientation (H rows top to bottom, W columns left to right), in the order of
     ``indices`` (repeats allowed). After :meth:`load` (or ``open(..., in_memory=True)``)
-    the whole table lives in host memory and reads are numpy gathers.
+    the whole table lives in host memory and reads are numpy gathers. Missing or damaged
+    data raises :class:`~dali_relabel.errors.StoreCorruptError` naming the shard file.
     """
 
-    def __init__(self, group: Any, path: str) -> None:
+    def __init__(self, group: Any, path: str, attrs: Mapping[str, Any]) -> None:
         self._group = group
         self.path = path
-        self.attrs: dict[str, Any] = dict(group.attrs)
+        self.attrs: dict[str, Any] = dict(attrs)
         self._keys: tuple[str, ...] | None = None
         self._key_index: dict[str, int] | None = None
         self._memory: tuple[np.ndarray, np.ndarray] | None = None
         self._ts: tuple[Any, Any] | None = None
+        # format 2 stores every chunk: a missing one is damage, not zeros
+        self._strict = self.format_version >= 2
+        self._checked_shards: set[int] = set()  # zarr-python reads: indexes found whole
 
     # -- opening -------------------------------------------------------------------
     @classmethod
@@ -75,6 +149,10 @@ class LabelMapStore:
     ) -> LabelMapStore:
         """Open a store from a local path or an fsspec URL (``s3://...``, ``gs://...``).
 
+        Checks every attribute and its agreement with the arrays' own metadata; a
+        format-1 store opens with a note (:class:`~dali_relabel.errors.DaliRelabelWarning`)
+        to verify or rewrite it.
+
         Args:
             path_or_url: where the store is.
             in_memory: read the whole table into host memory now (see :meth:`load`).
@@ -86,39 +164,50 @@ class LabelMapStore:
         import zarr
 
         path = str(path_or_url)
-        if not is_url(path) and not (Path(local_path(path)) / "zarr.json").is_file():
-            where = Path(local_path(path))
-            what = "does not exist" if not where.exists() else "has no zarr.json"
-            raise StoreNotFoundError(
-                f"label map store {path!r} {what}; create one with `dali-relabel convert` "
-                "or `dali-relabel generate`"
-            )
         if not is_url(path):
+            where = Path(local_path(path))
+            if not (where / "zarr.json").is_file():
+                what = "does not exist" if not where.exists() else "has no zarr.json"
+                raise StoreNotFoundError(
+                    f"label map store {path!r} {what}; create one with `dali-relabel convert` "
+                    "or `dali-relabel generate`"
+                )
             # Absolute from here on: a later chdir must not move the store.
-            path = str(Path(local_path(path)).resolve())
+            path = str(where.resolve())
+        attrs = read_attributes(path, storage_options)
+        if attrs is None:
+            raise StoreNotFoundError(
+                f"no label map store at {path!r} (no zarr.json); create one with "
+                "`dali-relabel convert`"
+            )
+        version = _check_version(attrs, path)
+        check_attributes(attrs, path)
+        if not attrs["complete"] and not allow_incomplete:
+            raise StoreIncompleteError(
+                f"label map store {path!r} is incomplete: its writing was interrupted. Run the "
+                "same `dali-relabel convert`/`generate` command again to finish it"
+            )
+        metadata = {}
+        for name in (*ARRAYS, "keys"):
+            doc = read_document(path, f"{name}/zarr.json", storage_options)
+            if doc is None:
+                raise StoreCorruptError(
+                    f"label map store {path!r} has no {name} array ({path}/{name}/zarr.json is "
+                    "missing): an incomplete copy? Copy the store again, or write it again",
+                    path=f"{path}/{name}/zarr.json",
+                    kind="missing",
+                )
+            metadata[name] = doc
+        check_arrays(attrs, metadata, path)
+        if version < STORE_FORMAT_VERSION:
+            warnings.warn(legacy_note(path), DaliRelabelWarning, stacklevel=2)
         try:
             group = open_group(path, "r", storage_options)
         except (FileNotFoundError, zarr.errors.NodeTypeValidationError) as e:
             raise StoreNotFoundError(
                 f"no label map store at {path!r} ({e}); create one with `dali-relabel convert`"
             ) from e
-        attrs = dict(group.attrs)
-        if attrs.get("format") != STORE_FORMAT:
-            raise StoreMismatchError(
-                f"{path!r} is a Zarr group but not a dali_relabel label map store "
-                f"(attribute format={attrs.get('format')!r}, expected {STORE_FORMAT!r})"
-            )
-        if attrs.get("format_version", 0) > STORE_FORMAT_VERSION:
-            raise StoreMismatchError(
-                f"label map store {path!r} has format_version={attrs['format_version']}, newer "
-                f"than this dali_relabel reads ({STORE_FORMAT_VERSION}); upgrade dali_relabel"
-            )
-        if not attrs.get("complete", False) and not allow_incomplete:
-            raise StoreIncompleteError(
-                f"label map store {path!r} is incomplete: its writing was interrupted. Run the "
-                "same `dali-relabel convert`/`generate` command again to finish it"
-            )
-        store = cls(group, path)
+        store = cls(group, path, attrs)
         if in_memory:
             store.load()
         return store
@@ -167,7 +256,17 @@ class LabelMapStore:
 
     @property
     def complete(self) -> bool:
-        return bool(self.attrs.get("complete", False))
+        return self.attrs["complete"] is True
+
+    @property
+    def format_version(self) -> int:
+        """The store's format version (1 or 2; only 2 has chunk checksums)."""
+        return int(self.attrs["format_version"])
+
+    @property
+    def shard_size(self) -> int:
+        """Samples per shard file."""
+        return max(1, min(int(self.attrs["shard_size"]), len(self)))
 
     def __len__(self) -> int:
         return int(self.attrs["num_samples"])
@@ -176,7 +275,24 @@ class LabelMapStore:
     def keys(self) -> tuple[str, ...]:
         """Sample keys in sample order (relative image path without extension)."""
         if self._keys is None:
-            self._keys = tuple(str(k) for k in self._group["keys"][...].tolist())
+            where = f"{self.path}/keys"
+            try:
+                keys = tuple(str(k) for k in self._group["keys"][...].tolist())
+            except (ValueError, KeyError, OSError) as e:
+                raise StoreCorruptError(
+                    f"label map store {self.path}: the keys array cannot be read ({e}); restore "
+                    "the store from a good copy or write it again",
+                    path=where,
+                ) from e
+            # zarr-python reads a missing keys chunk as empty strings: the digest tells.
+            if len(keys) != len(self) or keys_digest(keys) != self.attrs["keys_sha256"]:
+                raise StoreCorruptError(
+                    f"label map store {self.path}: the keys in {where} do not match the "
+                    "keys_sha256 attribute (a missing or damaged chunk, or edited attributes); "
+                    "restore the store from a good copy or write it again",
+                    path=where,
+                )
+            self._keys = keys
         return self._keys
 
     def _index_of(self) -> dict[str, int]:
@@ -209,6 +325,13 @@ class LabelMapStore:
             )
         return out
 
+    def sources(self) -> np.ndarray | None:
+        """What each sample's source file was when its maps were made: int64 [N, 2]
+        (size, mtime_ns) or uint8 [N, 32] (sha256); None when the store records none."""
+        if self.attrs.get("sources") is None:
+            return None
+        return np.asarray(self._group[SOURCES][...])
+
     # -- reading ---------------------------------------------------------------------
     @property
     def in_memory(self) -> bool:
@@ -220,15 +343,83 @@ class LabelMapStore:
                 import tensorstore as ts
             except ImportError:
                 return None
-            self._ts = open_tensorstores(ts, local_path(self.path), write=False)
+            self._ts = open_tensorstores(
+                ts, local_path(self.path), write=False, strict=self._strict
+            )
         return self._ts
 
-    def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    def _ts_read(self, selection: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Both arrays at ``selection`` through tensorstore, damage named by file."""
         arrays = self._tensorstores()
-        if arrays is not None:
-            futures = [a[start:stop].read() for a in arrays]
+        futures = [a[selection].read() for a in arrays]
+        try:
             return futures[0].result(), futures[1].result()
-        return self._group["scores"][start:stop], self._group["classes"][start:stop]
+        except ValueError as e:
+            raise corrupt_error(e, self.path) or e from e
+
+    def _shard_path(self, name: str, shard: int) -> str:
+        return f"{self.path}/{shard_key(name, shard)}"
+
+    def _check_shards(self, rows: np.ndarray) -> None:
+        """zarr-python reads missing data as zeros: check the shard indexes first."""
+        size = self.shard_size
+        for shard in np.unique(rows // size).tolist():
+            if shard in self._checked_shards:
+                continue
+            for name in ARRAYS:
+                problem = check_shard_index(
+                    self._group[name],
+                    shard,
+                    samples=len(self),
+                    shard_size=size,
+                    chunks=self._strict,
+                )
+                # format 1 did not store chunks of zeros: missing data reads as zeros
+                if problem is not None and (self._strict or problem[0] != "missing"):
+                    path = self._shard_path(name, shard)
+                    raise StoreCorruptError(
+                        f"label map store {self.path}: shard {path} is {problem[1]}. Run "
+                        f"`dali-relabel verify {self.path}` to list every damaged shard; "
+                        "restore the store from a good copy or write it again",
+                        path=path,
+                        kind=problem[0],
+                    )
+            self._checked_shards.add(shard)
+
+    def _zarr_read(self, rows: np.ndarray, contiguous: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Both arrays at ``rows`` through zarr-python, shard indexes checked first."""
+        self._check_shards(rows)
+
+        def get(name: str, at: np.ndarray) -> np.ndarray:
+            array = self._group[name]
+            if contiguous:
+                return array[int(at[0]) : int(at[-1]) + 1]
+            return array.get_orthogonal_selection((at,))
+
+        try:
+            return get("scores", rows), get("classes", rows)
+        except ValueError as first:
+            # zarr-python's checksum error names no file: find the shard that fails.
+            size = self.shard_size
+            for shard in np.unique(rows // size).tolist():
+                for name in ARRAYS:
+                    try:
+                        self._group[name][shard * size : (shard + 1) * size]
+                    except ValueError as e:
+                        path = self._shard_path(name, shard)
+                        raise StoreCorruptError(
+                            f"label map store {self.path}: shard {path} is corrupt "
+                            f"({short_detail(str(e))}). Run "
+                            f"`dali-relabel verify {self.path}` to list every damaged shard; "
+                            "restore the store from a good copy or write it again",
+                            path=path,
+                        ) from e
+            raise first
+
+    def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._tensorstores() is not None:
+            return self._ts_read(slice(start, stop))
+        return self._zarr_read(np.arange(start, stop), contiguous=True)
 
     def load(self, *, progress: bool = True) -> LabelMapStore:
         """Read the whole table into host memory (ImageNet at k=5, 15x15: about 5.8 GB).
@@ -244,7 +435,7 @@ class LabelMapStore:
         shape = (n, self.k, *self.grid)
         scores = np.empty(shape, self.score_dtype)
         classes = np.empty(shape, self.class_dtype)
-        step = int(self.attrs.get("shard_size", DEFAULT_SHARD_SIZE)) * 8
+        step = self.shard_size * 8
         with tqdm(total=n, unit="maps", desc="loading label maps", disable=not progress) as bar:
             for start in range(0, n, step):
                 stop = min(n, start + step)
@@ -279,13 +470,10 @@ class LabelMapStore:
             return np.empty(empty, self.score_dtype), np.empty(empty, self.class_dtype)
         # Sorted unique reads are what chunked stores serve fastest.
         uniq, inverse = np.unique(idx, return_inverse=True)
-        arrays = self._tensorstores()
-        if arrays is not None:
-            futures = [a[uniq].read() for a in arrays]
-            scores, classes = futures[0].result(), futures[1].result()
+        if self._tensorstores() is not None:
+            scores, classes = self._ts_read(uniq)
         else:
-            scores = self._group["scores"].get_orthogonal_selection((uniq,))
-            classes = self._group["classes"].get_orthogonal_selection((uniq,))
+            scores, classes = self._zarr_read(uniq, contiguous=False)
         return scores[inverse], classes[inverse]
 
     def read_torch(
@@ -313,6 +501,8 @@ class LabelMapStore:
         prov = self.provenance
         lines = [
             f"label map store  {self.path}",
+            f"  format         version {self.format_version}"
+            + ("" if self._strict else " (no chunk checksums: run `dali-relabel verify`)"),
             f"  samples        {len(self):,}" + ("" if self.complete else "  (INCOMPLETE)"),
             f"  top-k          {self.k} of {self.num_classes:,} classes",
             f"  grid           {h} x {w} (H x W, image orientation)",
@@ -322,7 +512,7 @@ class LabelMapStore:
             f"  layout source  {self.attrs.get('layout', 'hw')}",
         ]
         for key in sorted(prov):
-            lines.append(f"  {key:<14} {prov[key]}")
+            lines.append(f"  {key:<14} {_short(prov[key])}")
         if len(self):
             lines.append(f"  first key      {self.keys[0]}")
         return "\n".join(lines)
@@ -332,6 +522,12 @@ class LabelMapStore:
             f"LabelMapStore({self.path!r}, samples={len(self)}, k={self.k}, grid={self.grid}, "
             f"num_classes={self.num_classes}, in_memory={self.in_memory})"
         )
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    """A provenance value on one line: long lists and records cut at ``limit`` characters."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]} ..."
 
 
 def open_store(store: str | os.PathLike | LabelMapStore) -> LabelMapStore:
