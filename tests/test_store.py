@@ -221,3 +221,67 @@ def test_relative_paths_survive_a_chdir(tmp_path, monkeypatch):
     for s in (store, opened):
         np.testing.assert_array_equal(s.read([19])[1], classes[[19]])
     assert not (tmp_path / "elsewhere" / "rel.zarr").exists()
+
+
+def test_a_writer_killed_while_creating_the_arrays_is_resumed(tmp_path, monkeypatch):
+    from dali_relabel.store import _writer
+
+    path = tmp_path / "s.zarr"
+    keys = [f"k{i}" for i in range(20)]
+    params = {"num_classes": 1000, "k": 5, "grid": (15, 11), "shard_size": 8}
+    real = _writer._create_arrays
+
+    def killed(root, attrs, keys):  # dies after the attributes, with half the arrays made
+        import zarr
+
+        zarr.open_group(root, mode="r+").create_array("scores", shape=(1,), dtype="uint8")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_writer, "_create_arrays", killed)
+    with pytest.raises(KeyboardInterrupt):
+        LabelMapWriter.create(path, keys, **params)
+    attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+    assert attrs["complete"] is False and attrs["k"] == 5  # labelled from the start
+    with pytest.raises(StoreIncompleteError):
+        LabelMapStore.open(path)
+    monkeypatch.setattr(_writer, "_create_arrays", real)
+    scores, classes = _random_maps(20)
+    writer = LabelMapWriter.create(path, keys, **params)  # resumes, makes the arrays again
+    assert writer.missing_blocks() == [(0, 8), (8, 16), (16, 20)]
+    for start, stop in writer.missing_blocks():
+        writer.write_block(start, scores[start:stop], classes[start:stop])
+    np.testing.assert_array_equal(writer.finalize().read([19])[1], classes[[19]])
+
+
+def test_an_unlabelled_group_left_by_a_format1_writer_is_taken_over(tmp_path):
+    import zarr
+
+    path = tmp_path / "s.zarr"
+    group = zarr.open_group(path, mode="w")  # format 1 made the group before its attributes
+    group.create_array("scores", shape=(3,), dtype="uint8")
+    _write(path, n=20)
+    assert LabelMapStore.open(path).format_version == 2
+    foreign = tmp_path / "foreign.zarr"
+    zarr.open_group(foreign, mode="w").create_array("images", shape=(3,), dtype="uint8")
+    with pytest.raises(StoreMismatchError, match="not a label map store"):
+        _write(foreign, n=20)
+
+
+def test_refusals_name_the_differing_entry_not_whole_records(tmp_path):
+    path = tmp_path / "s.zarr"
+    provenance = {"teacher": "a", "weights_sha256": "f" * 64, "notes": "x" * 500}
+    _write(path, provenance=provenance)
+    keys = [f"c{i % 3}/img_{i:04d}" for i in range(50)]
+    with pytest.raises(StoreMismatchError) as error:
+        LabelMapWriter.create(
+            path,
+            keys,
+            num_classes=1000,
+            k=5,
+            grid=(15, 11),
+            shard_size=16,
+            provenance={**provenance, "teacher": "b"},
+        )
+    message = str(error.value)
+    assert "provenance.teacher: 'a' there, 'b' now" in message
+    assert "weights_sha256" not in message and "xxxx" not in message and len(message) < 300

@@ -12,6 +12,7 @@ missing chunk instead of reading zeros. Version-1 stores are read, not written.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "STORE_FORMAT",
     "STORE_FORMAT_VERSION",
     "attributes",
+    "attributes_digest",
     "check_arrays",
     "check_attributes",
     "class_dtype_for",
@@ -152,7 +154,17 @@ def attributes(
     }
     if sources is not None:
         attrs["sources"] = sources
+    if format_version >= 2:
+        attrs["attributes_sha256"] = attributes_digest(attrs)
     return attrs
+
+
+def attributes_digest(attrs: Mapping[str, Any]) -> str:
+    """The ``attributes_sha256`` attribute: a digest of every attribute but ``complete``
+    (which a writer changes) and itself, so that an edited attribute is found (format 2)."""
+    covered = {n: v for n, v in attrs.items() if n not in ("complete", "attributes_sha256")}
+    text = json.dumps(covered, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # -- checks at open ------------------------------------------------------------------------
@@ -262,6 +274,14 @@ def check_arrays(attrs: Mapping[str, Any], metadata: Mapping[str, Any], where: s
                 f"{attrs['shard_size']}); {doc} was edited or the store was not written by "
                 "dali_relabel"
             )
+        if version < 2 and ("crc32c" in inner or "attributes_sha256" in attrs):
+            # format 1 reads missing data as zeros: a format-2 store must not pass as one
+            raise StoreMismatchError(
+                f"label map store {where!r} says format_version={version}, but it was written in "
+                f"format 2 (array {name} has chunk checksums): its attributes were changed after "
+                f"it was written; restore {where}/zarr.json from a good copy, or write the store "
+                "again"
+            )
         if version >= 2 and (not inner or inner[-1] != "crc32c" or "crc32c" not in index):
             raise StoreMismatchError(
                 f"label map store {where!r} says format_version={version}, but array {name} has no "
@@ -273,6 +293,12 @@ def check_arrays(attrs: Mapping[str, Any], metadata: Mapping[str, Any], where: s
         raise StoreMismatchError(
             f"label map store {where!r}: array keys has shape {keys.get('shape')}, but "
             f"num_samples={n}; restore {where}/zarr.json, or write the store again"
+        )
+    if version >= 2 and attrs.get("attributes_sha256") != attributes_digest(attrs):
+        raise StoreMismatchError(
+            f"label map store {where!r}: its attributes were changed after it was written "
+            f"(attributes_sha256 does not match them); restore {where}/zarr.json from a good "
+            "copy, or write the store again"
         )
 
 
