@@ -27,6 +27,7 @@ __all__ = [
     "StoreMismatchError",
     "StoreNotFoundError",
     "TeacherError",
+    "TreeError",
 ]
 
 
@@ -70,6 +71,11 @@ class StoreNotFoundError(NotFoundError):
 
 class ClassTableError(DaliRelabelError, ValueError):
     """Class folders that a class table (``class_names``) does not list."""
+
+
+class TreeError(DaliRelabelError, ValueError):
+    """A folder tree that cannot be listed as it is: a directory loop, a file name that
+    is not UTF-8."""
 
 
 class ImageDecodeError(DaliRelabelError, RuntimeError):

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from dali_relabel._walk import walk_tree
 from dali_relabel.errors import ArgumentError, ClassTableError, NotFoundError
 
 __all__ = [
@@ -58,21 +59,36 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 
 
-def _class_folders(root: Path) -> list[str]:
-    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+def _scan(root: str, extensions: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """(class folders, keys, paths relative to root) of the tree, in sample order.
+
+    One walk (:func:`~dali_relabel._walk.walk_tree`, strings only); the order is
+    ImageFolder's: class folders by name, then within a class by folder, then by name.
+    """
+    found = [
+        (rel.split("/", 1)[0], rel, names) for rel, names in walk_tree(root, extensions) if rel
+    ]
+    found.sort(key=lambda item: (item[0], item[1][len(item[0]) :]))
+    classes = sorted({cls for cls, _, _ in found})
+    keys: list[str] = []
+    relative: list[str] = []
+    for _, rel, names in found:
+        for name in names:
+            keys.append(f"{rel}/{os.path.splitext(name)[0]}")
+            relative.append(f"{rel}/{name}")
+    return classes, keys, relative
 
 
-def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in sorted(os.walk(folder, followlinks=True)):
-        dirnames.sort()
-        found += [Path(dirpath, n) for n in sorted(filenames) if n.lower().endswith(extensions)]
-    return found
+def _check_root(root: str | Path) -> str:
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise NotFoundError(f"image folder {root!r} does not exist or is not a folder")
+    return root
 
 
 def scan_image_folder(
     root: str | Path, *, extensions: Sequence[str] = IMG_EXTENSIONS
-) -> list[tuple[str, Path]]:
+) -> list[tuple[str, str]]:
     """(key, path) of every image in the class folders under ``root``, in sample order.
 
     Args:
@@ -80,15 +96,9 @@ def scan_image_folder(
         extensions: file name endings counted as images, case-insensitive.
             Default: :data:`IMG_EXTENSIONS`.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise NotFoundError(f"image folder {str(root)!r} does not exist or is not a folder")
-    exts = tuple(e.lower() for e in extensions)
-    out = []
-    for folder in _class_folders(root):
-        for path in _image_files(root / folder, exts):
-            out.append((path.relative_to(root).with_suffix("").as_posix(), path))
-    return out
+    top = _check_root(root)
+    _, keys, relative = _scan(top, extensions)
+    return [(key, os.path.join(top, rel)) for key, rel in zip(keys, relative, strict=True)]
 
 
 class ImageFolderList:
@@ -106,26 +116,28 @@ class ImageFolderList:
         class_to_idx: class identifier -> class index.
         folders: the class folder names found under ``root``, sorted.
         samples: ``(path, class_index)`` per sample, in sample order.
+        paths: the path (str) of every sample, in sample order.
         targets: class index per sample.
         keys: sample keys (relative path without extension), the join key of label maps.
     """
 
     def __init__(
         self,
-        root: Path,
+        root: str | Path,
         classes: Sequence[str],
         folders: Sequence[str],
         keys: Sequence[str],
-        paths: Sequence[Path],
+        relative: Sequence[str],
         targets: Sequence[int],
     ) -> None:
-        self.root = root
+        self.root = Path(root)
         self.classes = list(classes)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.folders = list(folders)
         self.keys = list(keys)
-        self.paths = list(paths)
+        self._relative = list(relative)
         self.targets = list(targets)
+        self._paths: list[str] | None = None
 
     @classmethod
     def scan(
@@ -144,19 +156,18 @@ class ImageFolderList:
                 sorted folder names, as ImageFolder).
             extensions: file name endings counted as images. Default: :data:`IMG_EXTENSIONS`.
         """
-        root = Path(root)
-        found = scan_image_folder(root, extensions=extensions)
-        folders = _class_folders(root)
+        top = _check_root(root)
+        folders, keys, relative = _scan(top, extensions)
         if not folders:
             raise NotFoundError(
-                f"image folder {str(root)!r} has no class folders; root must be an ImageFolder "
+                f"image folder {top!r} has no class folders; root must be an ImageFolder "
                 "tree with one folder per class (e.g. imagenet/train/n01440764/*.JPEG)"
             )
-        used = {key.split("/", 1)[0] for key, _ in found}
+        used = {key.split("/", 1)[0] for key in keys}
         empty = [f for f in folders if f not in used]
         if empty:
             raise NotFoundError(
-                f"{len(empty):,} of {len(folders):,} class folders under {str(root)!r} hold no "
+                f"{len(empty):,} of {len(folders):,} class folders under {top!r} hold no "
                 f"images with an extension in {tuple(extensions)} (first: {', '.join(empty[:3])})"
             )
         classes = list(folders) if class_names is None else list(class_names)
@@ -164,34 +175,41 @@ class ImageFolderList:
         unknown = [f for f in folders if f not in class_to_idx]
         if unknown:
             raise ClassTableError(
-                f"{len(unknown):,} class folders under {str(root)!r} are not in the class table "
+                f"{len(unknown):,} class folders under {top!r} are not in the class table "
                 f"of {len(classes):,} classes (first: {', '.join(unknown[:3])}; the table "
                 f"starts {', '.join(classes[:3])})"
             )
-        keys = [key for key, _ in found]
         if len(set(keys)) != len(keys):
             seen: set[str] = set()
             dupes = [k for k in keys if k in seen or seen.add(k)]
             raise ArgumentError(
-                f"{len(dupes):,} images under {str(root)!r} share a path without extension with "
+                f"{len(dupes):,} images under {top!r} share a path without extension with "
                 f"another image (first: {dupes[0]}); keys must be unique to join label maps"
             )
         targets = [class_to_idx[key.split("/", 1)[0]] for key in keys]
-        return cls(root, classes, folders, keys, [p for _, p in found], targets)
+        return cls(top, classes, folders, keys, relative, targets)
+
+    @property
+    def paths(self) -> list[str]:
+        """The path of every sample (``root`` joined with its relative path)."""
+        if self._paths is None:
+            root = os.fspath(self.root)
+            self._paths = [os.path.join(root, rel) for rel in self._relative]
+        return self._paths
 
     @property
     def samples(self) -> list[tuple[str, int]]:
-        return [(str(p), t) for p, t in zip(self.paths, self.targets, strict=True)]
+        return list(zip(self.paths, self.targets, strict=True))
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitem__(self, index: int) -> tuple[str, int]:
-        return str(self.paths[index]), self.targets[index]
+        return self.paths[index], self.targets[index]
 
     def relative_paths(self) -> list[str]:
         """Sample paths relative to :attr:`root`, with ``/``."""
-        return [p.relative_to(self.root).as_posix() for p in self.paths]
+        return list(self._relative)
 
     def subset(self, keep: Iterable[int]) -> ImageFolderList:
         """The samples at positions ``keep`` (renumbered from 0), same class table."""
@@ -201,7 +219,7 @@ class ImageFolderList:
             self.classes,
             self.folders,
             [self.keys[i] for i in keep],
-            [self.paths[i] for i in keep],
+            [self._relative[i] for i in keep],
             [self.targets[i] for i in keep],
         )
 

@@ -71,6 +71,16 @@ def test_dataset_items_are_imagefolder_eval_items(sample_data, sample_store):
     assert [y for _, _, ys in got for y in ys] == list(sample_data.labels[37:40])
 
 
+def test_a_relative_root_gives_paths_under_it(sample_data, monkeypatch):
+    # `dali-relabel demo` passes runs/demo/data/train: each path is the root joined once
+    monkeypatch.chdir(sample_data.train.parent)
+    loader = ReLabelLoader("train", None, 16, train=False, **FAST)
+    assert loader.dataset.paths[0] == "train/n02124075/n02124075_0.JPEG"
+    image, label = loader.dataset[0]  # decoded by Pillow from that path
+    assert image.shape == (3, CROP, CROP) and label == 0
+    assert sum(len(images) for images, _ in loader) == 40
+
+
 def test_len_is_exact_and_set_epoch_reaches_every_entry_point(sample_data, sample_store):
     loader = ReLabelLoader(sample_data.train, sample_store, 16, **FAST)
     assert len(loader) == 3 and sum(1 for _ in loader) == 3

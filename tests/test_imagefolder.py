@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 import torchvision
 from PIL import Image
 
-from dali_relabel.errors import ClassTableError
+from dali_relabel.errors import ClassTableError, DaliRelabelWarning, TreeError
 from dali_relabel.imagefolder import (
     ImageFolderList,
     check_image_file,
@@ -106,3 +107,42 @@ def test_bad_file_checks(sample_data, tmp_path):
     paths = sorted(tmp_path.iterdir())
     bad = {paths[i].name for i, _ in find_bad_images(paths, workers=2)}
     assert bad == {"truncated.JPEG", "text.JPEG", "empty.JPEG", "bad_png.JPEG"}
+
+
+def test_a_symlink_loop_is_an_error_naming_it(sample_data, tmp_path):
+    root = tmp_path / "train"
+    shutil.copytree(sample_data.train, root)
+    (root / "n02124075" / "again").symlink_to("..")  # a loop: listed forever before
+    with pytest.raises(TreeError, match=r"directory loop: '.*n02124075/again' leads back"):
+        ImageFolderList.scan(root)
+    with pytest.raises(TreeError, match="directory loop"):
+        scan_image_folder(root)
+
+
+def test_symlinked_folders_outside_the_tree_are_followed_inside_it_not(sample_data, tmp_path):
+    root = tmp_path / "train"
+    shutil.copytree(sample_data.train, root)
+    outside = tmp_path / "more"
+    outside.mkdir()
+    shutil.copy(root / "n02124075" / "n02124075_0.JPEG", outside / "extra.JPEG")
+    (root / "n02124075" / "linked").symlink_to(outside)  # followed, as ImageFolder does
+    (root / "n03773504" / "cats").symlink_to(root / "n02124075")  # would relabel 8 cats
+    with pytest.warns(DaliRelabelWarning, match=r"1 symlinked folders .* not followed.*cats"):
+        found = ImageFolderList.scan(root)
+    assert "n02124075/linked/extra" in found.keys
+    assert not any(key.startswith("n03773504/cats") for key in found.keys)
+    assert len(found) == 41
+
+
+def test_a_name_that_is_not_utf8_is_named(sample_data, tmp_path):
+    root = tmp_path / "train"
+    shutil.copytree(sample_data.train, root)
+    raw = os.fsencode(root / "n02124075") + b"/caf\xe9.JPEG"  # latin-1, not UTF-8
+    with open(raw, "wb") as f:
+        f.write((root / "n02124075" / "n02124075_0.JPEG").read_bytes())
+    with pytest.raises(TreeError) as error:
+        ImageFolderList.scan(root)
+    message = str(error.value)
+    assert "n02124075/caf\\udce9.JPEG" in message  # its os.fsdecode form, printable
+    assert "b'" in message and "\\xe9" in message and "not valid UTF-8" in message
+    message.encode("utf-8")  # the message itself prints anywhere

@@ -56,7 +56,7 @@ class LoaderDataset(ImageFolderList):
             samples.classes,
             samples.folders,
             samples.keys,
-            samples.paths,
+            samples.relative_paths(),
             samples.targets,
         )
         self.crop_size = int(crop_size)
