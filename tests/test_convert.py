@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -176,7 +177,9 @@ def test_k_or_grid_differing_between_files(tmp_path, capsys):
     code, out = _cli(
         "convert", tmp_path / "src", tmp_path / "o.zarr", "--workers", 2, capsys=capsys
     )
-    assert code == 1 and "zz_k3.pt" in out and "differs from the first file's [5, 15, 15]" in out
+    assert (
+        code == 1 and "zz_k3.pt" in out and "differs from the [5, 15, 15] of the other files" in out
+    )
     _assert_not_complete(tmp_path / "o.zarr")
 
 
@@ -251,3 +254,108 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     assert resumed.keys == reference.keys
     for a, b in zip(resumed.tables(), reference.tables(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_scores_beyond_float16_are_refused_before_the_cast(tmp_path, capsys):
+    _official_tree(tmp_path / "src", 6)
+    big = _one()
+    big[0, 0, 2, 7] = 7e4  # stored as inf in float16: NaN targets, silently, before
+    torch.save(big, tmp_path / "src" / "n00000002" / "big.pt")
+    code, out = _cli(
+        "convert", tmp_path / "src", tmp_path / "o.zarr", "--workers", 0, capsys=capsys
+    )
+    assert code == 1 and "big.pt: score 70000 does not fit float16" in out and "--float32" in out
+    _assert_not_complete(tmp_path / "o.zarr")
+    code, _ = _cli(
+        "convert",
+        tmp_path / "src",
+        tmp_path / "o32.zarr",
+        "--float32",
+        "--layout",
+        "hw",
+        "--workers",
+        0,
+        capsys=capsys,
+    )
+    store = LabelMapStore.open(tmp_path / "o32.zarr")
+    assert code == 0 and float(store.read([store.index("n00000002/big")])[0].max()) == 7e4
+
+
+def test_a_class_repeated_within_a_cell_is_refused(tmp_path, capsys):
+    _official_tree(tmp_path / "src", 4)
+    twice = _one()
+    twice[1, 3, 4, 5] = twice[1, 0, 4, 5]  # class 0 listed twice in cell (4, 5)
+    torch.save(twice, tmp_path / "src" / "n00000001" / "twice.pt")
+    code, out = _cli(
+        "convert", tmp_path / "src", tmp_path / "o.zarr", "--workers", 0, capsys=capsys
+    )
+    assert code == 1 and "twice.pt: class 0 appears more than once" in out
+    assert "cell [:, 4, 5]" in out
+
+
+def test_an_odd_first_file_is_the_one_named(tmp_path, capsys):
+    _official_tree(tmp_path / "src", 8)
+    odd = _official_tree(tmp_path / "src2", 1, k=3, seed=5)
+    (tmp_path / "src2" / f"{next(iter(odd))}.pt").rename(tmp_path / "src" / "n00000000" / "a.pt")
+    code, out = _cli(
+        "convert", tmp_path / "src", tmp_path / "o.zarr", "--workers", 0, capsys=capsys
+    )
+    assert code == 1 and "n00000000/a.pt: label map of shape [k, H, W] = [3, 15, 15]" in out
+    assert "differs from the [5, 15, 15] of the other files" in out
+
+
+def test_workers_zero_reads_in_process_and_negative_is_refused_first(tmp_path, capsys):
+    maps = _official_tree(tmp_path / "src", 10)
+    code, out = _cli(
+        "convert", tmp_path / "src", tmp_path / "bad.zarr", "--workers", -1, capsys=capsys
+    )
+    assert code == 1 and "workers must be >= 0, got -1" in out
+    assert not (tmp_path / "bad.zarr").exists()  # refused before anything was written
+    store = convert(tmp_path / "src", tmp_path / "o.zarr", workers=0, layout="hw", progress=False)
+    key = store.keys[3]
+    np.testing.assert_array_equal(store.read([3])[1][0], maps[key][1])
+
+
+def test_a_symlink_loop_in_the_source_is_named(tmp_path, capsys):
+    _official_tree(tmp_path / "src", 4)
+    (tmp_path / "src" / "n00000001" / "loop").symlink_to(tmp_path / "src")
+    code, out = _cli("convert", tmp_path / "src", tmp_path / "o.zarr", capsys=capsys)
+    assert code == 1 and "directory loop" in out and "n00000001/loop" in out
+
+
+_SLOW_CONVERT = """
+import sys, time
+from dali_relabel.labelmaps import _convert
+load = _convert._load_block
+def slow(*args, **kwargs):
+    time.sleep(0.5)
+    return load(*args, **kwargs)
+_convert._load_block = slow
+_convert.convert(sys.argv[1], sys.argv[2], workers=2, shard_size=2, progress=False)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_reader_processes_exit_when_convert_is_killed(tmp_path, sig):
+    psutil = pytest.importorskip("psutil")
+    _official_tree(tmp_path / "src", 40)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CONVERT, str(tmp_path / "src"), str(tmp_path / "o.zarr")],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 60
+        children = []
+        while time.time() < deadline and len(children) < 2 and parent.poll() is None:
+            children = psutil.Process(parent.pid).children()
+            time.sleep(0.05)
+        assert len(children) == 2, "the reader processes did not start"
+        parent.send_signal(sig)
+        parent.wait(10)
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"reader processes {[p.pid for p in alive]} outlived convert"
+    finally:  # only what this test started
+        parent.kill()
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()

@@ -28,7 +28,12 @@ def add_commands(subparsers) -> None:
         help="official: transpose H/W so that boxes in (x1, y1, x2, y2) reproduce the official "
         "targets (the official code swaps x and y); hw: keep maps as they are. Default: official",
     )
-    p.add_argument("--workers", type=int, default=None, help="reader processes. Default: CPUs")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="reader processes; 0 reads in this process. Default: CPUs",
+    )
     p.add_argument(
         "--num-classes", type=int, default=None, help="Default: 1000, or C of dense maps"
     )

@@ -17,7 +17,12 @@ sources already in image orientation. docs/FORMAT.md has the derivation.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,35 +30,36 @@ from typing import Any
 import numpy as np
 
 from dali_relabel import _checks
+from dali_relabel._walk import walk_tree
 from dali_relabel.constants import IMAGENET_NUM_CLASSES
 from dali_relabel.errors import LabelMapFormatError, NotFoundError
 from dali_relabel.imagenet import imagenet_wnids
-from dali_relabel.store import DEFAULT_SHARD_SIZE, LabelMapStore, LabelMapWriter
+from dali_relabel.store import DEFAULT_SHARD_SIZE, SCORE_DTYPES, LabelMapStore, LabelMapWriter
 
 __all__ = ["LAYOUTS", "convert", "find_label_map_files", "load_label_map_file"]
 
 LAYOUTS = ("official", "hw")
 
 
-def find_label_map_files(src: str | Path) -> list[tuple[str, Path]]:
+def find_label_map_files(src: str | Path) -> list[tuple[str, str]]:
     """(key, path) of every ``.pt`` file under ``src``, sorted as ImageFolder sorts.
 
-    The key is the path relative to ``src`` without its extension, with ``/``.
+    The key is the path relative to ``src`` without its extension, with ``/``. The tree
+    is walked as image folders are (:func:`~dali_relabel._walk.walk_tree`): a symlink
+    loop is an error naming it.
     """
-    root = Path(src)
-    if not root.is_dir():
-        raise NotFoundError(f"source {str(src)!r} is not a folder of .pt label maps")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        rel = Path(dirpath).relative_to(root)
-        for name in filenames:
-            if name.endswith(".pt"):
-                found.append((rel / name[: -len(".pt")]).as_posix())
+    root = os.fspath(src)
+    if not os.path.isdir(root):
+        raise NotFoundError(f"source {root!r} is not a folder of .pt label maps")
+    found = [
+        (f"{rel}/{name[:-3]}" if rel else name[:-3], f"{rel}/{name}" if rel else name)
+        for rel, names in walk_tree(root, (".pt",))
+        for name in names
+    ]
     if not found:
-        raise LabelMapFormatError(f"source {str(src)!r} holds no .pt label maps")
-    found.sort(key=lambda key: key.split("/"))
-    return [(key, root / f"{key}.pt") for key in found]
+        raise LabelMapFormatError(f"source {root!r} holds no .pt label maps")
+    found.sort(key=lambda item: item[0].split("/"))
+    return [(key, os.path.join(root, rel)) for key, rel in found]
 
 
 def load_label_map_file(
@@ -87,6 +93,17 @@ def load_label_map_file(
             raise LabelMapFormatError(f"{path}: class indices [1] are not all integers")
         classes = raw_classes.astype(np.int64)
         limit = IMAGENET_NUM_CLASSES if num_classes is None else num_classes
+        ranked = np.sort(classes, axis=0)
+        same = ranked[1:] == ranked[:-1]
+        repeated = same.any(axis=0)
+        if repeated.any():
+            y, x = (int(v) for v in np.argwhere(repeated)[0])
+            cls = int(ranked[1:, y, x][same[:, y, x]][0])
+            raise LabelMapFormatError(
+                f"{path}: class {cls} appears more than once among the top-k of cell [:, {y}, "
+                f"{x}] ({int(repeated.sum()):,} cells repeat a class); a top-k lists each class "
+                "once: the file is damaged or was not written as a top-k"
+            )
     elif arr.ndim == 3:
         c = arr.shape[0]
         if num_classes is not None and c != num_classes:
@@ -117,20 +134,68 @@ def load_label_map_file(
 
 
 def _load_block(
-    paths: Sequence[str], num_classes: int | None, topk: int, layout: str, expect: tuple
+    paths: Sequence[str],
+    num_classes: int | None,
+    topk: int,
+    layout: str,
+    score_dtype: str,
+    expect: tuple,
+    example: str,
 ) -> tuple[np.ndarray, np.ndarray]:
+    largest = float(np.finfo(np.dtype(score_dtype)).max)
     scores, classes = [], []
     for path in paths:
         s, c = load_label_map_file(path, num_classes=num_classes, topk=topk, layout=layout)
         if s.shape != expect:
             raise LabelMapFormatError(
                 f"{path}: label map of shape [k, H, W] = {list(s.shape)} (after layout "
-                f"{layout!r}) differs from the first file's {list(expect)}; all files must share "
-                "k and grid size"
+                f"{layout!r}) differs from the {list(expect)} of the other files (e.g. "
+                f"{example}); all files must share k and grid size"
+            )
+        if s.size and float(np.abs(s).max()) > largest:
+            value = float(s.flat[int(np.abs(s).argmax())])
+            raise LabelMapFormatError(
+                f"{path}: score {value:.6g} does not fit {score_dtype} (largest "
+                f"{largest:,.0f}) and would be stored as inf; convert with --float32 "
+                "(score_dtype='float32')"
             )
         scores.append(s)
         classes.append(c)
     return np.stack(scores), np.stack(classes)
+
+
+def _common_shape(
+    files: Sequence[tuple[str, str]], num_classes: int | None, topk: int, layout: str
+) -> tuple[tuple[int, ...], str]:
+    """The [k, H, W] most of up to 16 files spread over the tree have, and one of them:
+    the files are checked against it, so an odd first file is the one named."""
+    picks = sorted({int(i) for i in np.linspace(0, len(files) - 1, min(len(files), 16))})
+    shapes: dict[tuple[int, ...], list[str]] = {}
+    for i in picks:
+        path = files[i][1]
+        s, _ = load_label_map_file(path, num_classes=num_classes, topk=topk, layout=layout)
+        shapes.setdefault(s.shape, []).append(path)
+    shape, having = max(shapes.items(), key=lambda item: len(item[1]))
+    return shape, having[0]
+
+
+def _die_with(parent: int) -> None:
+    """Reader processes' initializer: exit when the parent dies, whatever kills it."""
+    if sys.platform.startswith("linux"):
+        try:  # the kernel sends SIGKILL when the parent exits (prctl PR_SET_PDEATHSIG)
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+            if os.getppid() != parent:  # it died before the request took effect
+                os._exit(1)
+            return
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def convert(
@@ -159,7 +224,8 @@ def convert(
         num_classes: classes of the teacher. Default: 1000 for official files, C for dense maps.
         topk: classes kept per cell from dense maps. Default: 5.
         score_dtype: "float16" or "float32". Default: "float16".
-        workers: processes reading files. Default: the number of CPUs.
+        workers: processes reading files; 0 (or 1) reads them in this process. Default:
+            the number of CPUs.
         class_names: class identifiers in index order. Default: ImageNet's WordNet ids when
             num_classes is 1000, else None.
         shard_size: samples per shard and per block. Default: 1024.
@@ -167,18 +233,20 @@ def convert(
     """
     from tqdm.auto import tqdm
 
+    # Every argument is checked before anything is written.
     _checks.one_of("layout", layout, LAYOUTS)
+    _checks.one_of("score_dtype", score_dtype, SCORE_DTYPES)
     if num_classes is not None:
         _checks.positive_int("num_classes", num_classes)
+    _checks.positive_int("topk", topk)
+    workers = max(1, os.cpu_count() or 1) if workers is None else workers
+    workers = _checks.at_least("workers", workers, 0)
     files = find_label_map_files(src)
-    first_scores, _ = load_label_map_file(
-        files[0][1], num_classes=num_classes, topk=topk, layout=layout
-    )
-    expect = first_scores.shape
+    expect, example = _common_shape(files, num_classes, topk, layout)
     if num_classes is None:
         import torch
 
-        first = torch.load(files[0][1], map_location="cpu", weights_only=True)
+        first = torch.load(example, map_location="cpu", weights_only=True)
         num_classes = int(first.shape[0]) if first.ndim == 3 else IMAGENET_NUM_CLASSES
     if class_names is None and num_classes == IMAGENET_NUM_CLASSES:
         class_names = imagenet_wnids()
@@ -195,24 +263,29 @@ def convert(
         shard_size=shard_size,
     )
     missing = writer.missing_blocks()
-    workers = max(1, os.cpu_count() or 1) if workers is None else workers
-    _checks.positive_int("workers", workers)
     done = len(files) - sum(stop - start for start, stop in missing)
-    args: dict[str, Any] = {"num_classes": num_classes, "topk": topk, "layout": layout}
+    args: dict[str, Any] = {
+        "num_classes": num_classes,
+        "topk": topk,
+        "layout": layout,
+        "score_dtype": score_dtype,
+        "expect": expect,
+        "example": example,
+    }
     with tqdm(
         total=len(files), initial=done, unit="maps", desc="converting", disable=not progress
     ) as bar:
-        if workers == 1:
+        if workers <= 1:
             for start, stop in missing:
-                paths = [str(p) for _, p in files[start:stop]]
-                writer.write_block(start, *_load_block(paths, expect=expect, **args))
+                paths = [p for _, p in files[start:stop]]
+                writer.write_block(start, *_load_block(paths, **args))
                 bar.update(stop - start)
         else:
-            with cf.ProcessPoolExecutor(workers) as pool:
+            with cf.ProcessPoolExecutor(
+                workers, initializer=_die_with, initargs=(os.getpid(),)
+            ) as pool:
                 futures = {
-                    pool.submit(
-                        _load_block, [str(p) for _, p in files[s:e]], expect=expect, **args
-                    ): (s, e)
+                    pool.submit(_load_block, [p for _, p in files[s:e]], **args): (s, e)
                     for s, e in missing
                 }
                 try:
