@@ -481,6 +481,9 @@ def _bad_input_cases():
         ({"boxes": box([0.1, float("nan"), 0.5, 0.5])}, ValueError, r"boxes\[1\] = .*nan"),
         ({"boxes": b * 224}, ValueError, r"divide pixel boxes by the image"),
         ({"classes": c - 1}, ValueError, r"classes must be >= 0, got a class id of -1"),
+        ({"scores": _poison(s, float("nan"))}, ValueError, r"1 NaN or inf values .*scores\[1\]"),
+        ({"scores": _poison(s, float("inf"))}, ValueError, r"NaN or inf values .*verify"),
+        ({"scores": _poison(s.half(), -float("inf"))}, ValueError, r"NaN or inf values"),
         ({"num_classes": 5}, ValueError, r"ids up to 9 but num_classes=5; .*>= 10"),
         ({"num_classes": 0}, ValueError, r"num_classes must be a positive int, got 0"),
         ({"num_classes": 10.0}, ValueError, r"num_classes must be a positive int, got 10.0"),
@@ -495,7 +498,21 @@ def _bad_input_cases():
     ], ok
 
 
+def _poison(scores, value):
+    out = scores.clone()
+    out[1, 0, 4, 2] = value
+    return out
+
+
 BAD_CASES, GOOD_ARGS = _bad_input_cases()
+
+
+def test_validate_false_skips_the_finite_check():
+    # the check costs one reduction; validate=False (a verified store) leaves it out
+    out = label_pooling(
+        **{**GOOD_ARGS, "scores": _poison(GOOD_ARGS["scores"], float("nan"))}, validate=False
+    )
+    assert out[1].isnan().any() and not out[0].isnan().any()
 
 
 @pytest.mark.parametrize(("change", "error", "message"), BAD_CASES)

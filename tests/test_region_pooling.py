@@ -75,3 +75,7 @@ def test_errors_name_the_argument():
         region_pooling(scores, classes, boxes * 224, torch.ones(2, 1), 10)
     with pytest.raises(ValueError, match="num_classes >= "):
         region_pooling(scores, classes, boxes, torch.ones(2, 1), 5)
+    poisoned = scores.clone()
+    poisoned[1, 0, 3, 4] = float("nan")  # label_pooling's finite check, here too
+    with pytest.raises(ValueError, match=r"1 NaN or inf values \(first in scores\[1\]\)"):
+        region_pooling(poisoned, classes, boxes, torch.ones(2, 1), 10)

@@ -110,7 +110,7 @@ def _format_box(box: Tensor) -> str:
     return "(" + ", ".join(f"{v:.7g}" for v in box.tolist()) + ")"
 
 
-def _check_values(classes: Tensor, boxes: Tensor, num_classes: int) -> None:
+def _check_values(scores: Tensor, classes: Tensor, boxes: Tensor, num_classes: int) -> None:
     if boxes.numel() == 0:
         return
     # All checks reduce into one small tensor read back once: on CUDA that read is the only
@@ -123,10 +123,19 @@ def _check_values(classes: Tensor, boxes: Tensor, num_classes: int) -> None:
         (coords[:, 3] - coords[:, 1]).amin(),
         coords.isnan().any().double(),  # NaN passes every comparison below
     ]
+    # NaN or inf scores would make every target of their row NaN
+    stats.append((~torch.isfinite(scores)).sum().double())
     if classes.numel():
         stats += [x.double() for x in torch.aminmax(classes)]
     values = torch.stack(stats).tolist()
-    box_min, box_max, min_w, min_h, has_nan = values[:5]
+    box_min, box_max, min_w, min_h, has_nan, non_finite = values[:6]
+    if non_finite:
+        row = int((~torch.isfinite(scores)).flatten(1).any(1).nonzero()[0])
+        raise ArgumentError(
+            f"scores hold {int(non_finite):,} NaN or inf values (first in scores[{row}]); label "
+            "maps must be finite: check the store with `dali-relabel verify`, or the teacher "
+            "that made them"
+        )
     if has_nan or box_min < -BOX_TOLERANCE or box_max > 1.0 + BOX_TOLERANCE:
         bad = ~((boxes >= -BOX_TOLERANCE) & (boxes <= 1.0 + BOX_TOLERANCE)).all(1)
         row = int(bad.nonzero()[0])
@@ -142,7 +151,7 @@ def _check_values(classes: Tensor, boxes: Tensor, num_classes: int) -> None:
                 f"{_format_box(boxes[row])}"
             )
     if classes.numel():
-        low, high = int(values[5]), int(values[6])
+        low, high = int(values[6]), int(values[7])
         if low < 0:
             raise ArgumentError(f"classes must be >= 0, got a class id of {low}")
         if high >= num_classes:
@@ -271,7 +280,7 @@ def label_pooling(
             after cropping; the output cells of that row are mirrored along w so that
             they match the mirrored image. Global (1x1) outputs do not change.
             Default: None (no flips).
-        validate (bool): check box ranges and class ids against the data. On CUDA this
+        validate (bool): check box ranges, class ids and that scores are finite. On CUDA this
             costs one host sync; pass False in a training loop once the store is verified.
             Under ``torch.compile`` these data checks are skipped (shape, type and device
             checks still run). Default: True.
@@ -285,7 +294,7 @@ def label_pooling(
     num_classes = _checks.positive_int("num_classes", num_classes)
     _check_tensors(scores, classes, boxes, flip)
     if validate and not torch.compiler.is_compiling():
-        _check_values(classes, boxes, num_classes)
+        _check_values(scores, classes, boxes, num_classes)
     if _OP is not None:
         out = torch.ops.dali_relabel.label_pooling(
             scores, classes, boxes, num_classes, out_h, out_w, flip

@@ -85,5 +85,5 @@ def region_pooling(
             f"{boxes.device}, weights on {weights.device}"
         )
     if validate and not torch.compiler.is_compiling():
-        _check_values(classes, flat, num_classes)
+        _check_values(scores, classes, flat, num_classes)
     return region_pooling_torch(scores, classes, boxes, weights, num_classes)
