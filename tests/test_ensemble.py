@@ -62,33 +62,40 @@ def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
 
 
 def _reference(maps, grid, kind):
-    """Mean of densified (missing classes 0), converted and resampled maps, in float64 loops."""
+    """Mean of densified (missing classes 0), converted and resampled maps, in float64 loops,
+    with -inf where no input ranks the class in the cell (never chosen over a ranked one)."""
     total = np.zeros((len(KEYS), C, *grid))
+    ranked = np.zeros((len(KEYS), C, *grid), dtype=bool)
     for scores, classes, stored_kind in maps:
         n, k, h, w = scores.shape
         dense = np.zeros((n, C, h, w))
+        listed = np.zeros((n, C, h, w))
         for b in range(n):
             for j in range(k):
                 for y in range(h):
                     for x in range(w):
                         dense[b, classes[b, j, y, x], y, x] += scores[b, j, y, x]
+                        listed[b, classes[b, j, y, x], y, x] = 1.0
         if kind == "probabilities" and stored_kind == "logits":
             e = np.exp(dense - dense.max(axis=1, keepdims=True))
             dense = e / e.sum(axis=1, keepdims=True)
         wy, wx = _bilinear_weights(h, grid[0]), _bilinear_weights(w, grid[1])
         total += np.einsum("yh,bchw,xw->bcyx", wy, dense, wx)
-    return total / len(maps)
+        ranked |= np.einsum("yh,bchw,xw->bcyx", wy, listed, wx) > 0
+    return np.where(ranked, total / len(maps), -np.inf)
 
 
 def _check_against(out, want, k):
     scores, classes = out.read(np.arange(len(out)))
     order = np.argsort(-want, axis=1, kind="stable")
     top = np.take_along_axis(want, order[:, :k], axis=1)
+    top = np.where(np.isinf(top), 0.0, top)  # fewer than k ranked classes: unranked at 0
     np.testing.assert_allclose(scores, top, rtol=1e-5, atol=1e-5)
     # Classes must agree wherever the reference has no tie at the k-th place.
     sorted_all = np.take_along_axis(want, order, axis=1)
     clear = np.abs(sorted_all[:, k - 1] - sorted_all[:, k]) > 1e-4
     got = np.take_along_axis(want, classes.astype(np.int64), axis=1)
+    got = np.where(np.isinf(got), 0.0, got)
     np.testing.assert_allclose(got, top, atol=1e-5)  # the chosen classes hold those scores
     assert clear.mean() > 0.9
 
@@ -243,3 +250,27 @@ def test_rerun_from_another_folder_resumes_the_same_ensemble(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path / "sub")  # the same inputs, named from elsewhere
     again = ensemble_label_maps(["../a.zarr", "../b.zarr"], "../e.zarr", progress=False)
     np.testing.assert_array_equal(again.tables()[1], first.tables()[1])
+
+
+@pytest.mark.parametrize("score_dtype", ["float32", "float16"])
+def test_the_ensemble_of_a_store_with_itself_is_that_store(tmp_path, score_dtype):
+    # Negative top-k logits used to lose to classes outside the top-k counted as 0.
+    scores, classes = _random_maps(len(KEYS), 5, (6, 6), seed=7)
+    assert (scores < 0).mean() > 0.2
+    writer = LabelMapWriter.create(
+        tmp_path / "a.zarr",
+        KEYS,
+        num_classes=C,
+        k=5,
+        grid=(6, 6),
+        score_dtype=score_dtype,
+        shard_size=4,
+    )
+    for start, stop in writer.missing_blocks():
+        writer.write_block(start, scores[start:stop], classes[start:stop])
+    a = writer.finalize()
+    for inputs in ([a, a], [a, a, a]):
+        out = ensemble_label_maps(inputs, tmp_path / f"e{len(inputs)}.zarr", progress=False)
+        assert (out.k, out.grid, out.score_dtype) == (a.k, a.grid, a.score_dtype)
+        for got, want in zip(out.tables(), a.tables(), strict=True):
+            np.testing.assert_array_equal(got, want)

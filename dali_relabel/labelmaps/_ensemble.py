@@ -6,6 +6,11 @@ top-k, so each is first densified. A class outside a store's top-k counts as sco
 that store, which is what :func:`~dali_relabel.ops.label_pooling.label_pooling` (and the
 paper's ``get_relabel``) does with the same map. The choice keeps the ensemble linear:
 pooling the ensemble's dense map over a box equals the mean of the teachers' pooled maps.
+The top-k is taken among the classes that some input lists in that cell (its
+*candidates*): a class no teacher ranked never displaces one they did, even where the
+ranked ones have negative logits and the unranked ones a mean of 0. So the ensemble of a
+store with itself is that store. Only when a cell has fewer than k candidates do the
+remaining places go to unranked classes, at their mean of 0.
 
 Logits are averaged as logits; ``scores="probabilities"`` averages distributions (a logits
 store becomes one by a softmax over its densified cell, missing classes at 0, the
@@ -17,6 +22,7 @@ convention of the maps and of LabelPooling), before averaging.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = ["densify", "ensemble_label_maps", "resample"]
 
-#: Samples densified at once: 64 x 1000 classes x 15 x 15 float32 is 58 MB per store.
+#: Samples densified at once: 64 x 1000 classes x 15 x 15 float32 is 58 MB per store
+#: (the sum is float64: 115 MB).
 _CHUNK = 64
 
 
@@ -213,7 +220,8 @@ def ensemble_label_maps(
         "ensemble": f"mean of {scores} per cell",
         "missing_classes": "a class outside a store's top-k counts as score 0, as in "
         "LabelPooling"
-        + (" (softmax over the densified cell)" if scores == "probabilities" else ""),
+        + (" (softmax over the densified cell)" if scores == "probabilities" else "")
+        + "; the top-k is taken among the classes some store ranks in the cell",
         "resample": "bilinear on dense maps, align_corners=False",
         "k": k,
         "grid": list(grid),
@@ -238,9 +246,10 @@ def ensemble_label_maps(
             block_classes = np.empty((stop - start, k, *grid), np.int32)
             for a in range(start, stop, _CHUNK):
                 b = min(stop, a + _CHUNK)
-                mean = _mean_dense(opened, np.arange(a, b), scores, grid, device)
-                top = mean.topk(k, dim=1)
-                block_scores[a - start : b - start] = top.values.cpu().numpy()
+                mean, ranked = _mean_dense(opened, np.arange(a, b), scores, grid, device)
+                top = mean.masked_fill(~ranked, -math.inf).topk(k, dim=1)
+                values = top.values.masked_fill(top.values == -math.inf, 0.0)  # unranked: 0
+                block_scores[a - start : b - start] = values.cpu().numpy()
                 block_classes[a - start : b - start] = top.indices.to(torch.int32).cpu().numpy()
                 bar.update(b - a)
             writer.write_block(start, block_scores, block_classes)
@@ -253,11 +262,19 @@ def _mean_dense(
     kind: str,
     grid: tuple[int, int],
     device: str | torch.device,
-) -> torch.Tensor:
-    def one(store: LabelMapStore) -> torch.Tensor:
-        dense = densify(*store.read_torch(indices, device), store.num_classes)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean dense map [n, C, *grid] and where a class is ranked by some input (bool)."""
+    import torch
+
+    total = ranked = None
+    for store in stores:
+        scores, classes = store.read_torch(indices, device)
+        dense = densify(scores, classes, store.num_classes)
         if kind == "probabilities" and store.score_kind == "logits":
             dense = dense.softmax(dim=1)
-        return resample(dense, grid)
-
-    return sum(one(store) for store in stores) / len(stores)
+        listed = densify(torch.ones_like(scores, dtype=torch.float32), classes, store.num_classes)
+        dense, listed = resample(dense, grid), resample(listed, grid) > 0
+        # float64 sums: the mean of n equal float32 maps is exactly that map
+        total = dense.double() if total is None else total.add_(dense)
+        ranked = listed if ranked is None else ranked | listed
+    return (total / len(stores)).to(dense.dtype), ranked
