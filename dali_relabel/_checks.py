@@ -57,12 +57,25 @@ def one_of(name: str, value: Any, choices: Sequence[Any]) -> Any:
 
 
 def device(name: str, value: Any) -> Any:
-    """``value`` as a ``torch.device`` ("cpu", "cuda", "cuda:1" or a device)."""
+    """``value`` as a ``torch.device`` ("cpu", "cuda", "cuda:1" or a device) that exists
+    here: "cuda" without a CUDA device (no GPU, no driver, or a CPU-only torch) is refused
+    with the fix, not a traceback."""
     import torch
 
     try:
-        return torch.device(value)
+        dev = torch.device(value)
     except (RuntimeError, TypeError) as e:
         raise ArgumentError(
             f"{name} must be a torch device such as 'cpu' or 'cuda:0', got {value!r}"
         ) from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ArgumentError(
+                f"{name}={value!r} but CUDA is not available here (no GPU, no driver, or a "
+                f"CPU-only torch); use {name}='cpu' (--device cpu)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ArgumentError(
+                f"{name}={value!r} but only {torch.cuda.device_count()} CUDA devices exist"
+            )
+    return dev

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,12 @@ from PIL import Image
 from torch import nn
 
 from dali_relabel.cli import main
-from dali_relabel.errors import ImageDecodeError, StoreIncompleteError, StoreMismatchError
+from dali_relabel.errors import (
+    DaliRelabelWarning,
+    ImageDecodeError,
+    StoreIncompleteError,
+    StoreMismatchError,
+)
 from dali_relabel.imagenet import imagenet_wnids
 from dali_relabel.labelmaps import (
     decode_image,
@@ -479,3 +485,83 @@ def test_other_parameters_raise_store_mismatch(images, tmp_path, store, lite0):
     # The same parameters find the store complete and return it without work.
     same = generate_label_maps(images, out, lite0, resolution=RES, workers=0, progress=False)
     assert same.complete and same.keys == store.keys
+
+
+def _swap_photos(root, key, photo):
+    Image.fromarray(load_photo(photo)).save(root / f"{key}.JPEG", quality=90)
+
+
+def test_changed_images_get_their_maps_again_other_images_are_refused(images, lite0, tmp_path):
+    root = tmp_path / "images"
+    shutil.copytree(images, root)
+    out = tmp_path / "maps.zarr"
+    kwargs = dict(teacher=lite0, resolution=RES, shard_size=2, workers=0, progress=False)
+    first = generate_label_maps(root, out, **kwargs)
+    before = _maps(first)
+    # Same names, other pictures: the old maps were returned and "wrote label maps" printed.
+    _swap_photos(root, "n02124075/chelsea", "rocket")
+    _swap_photos(root, "n07920052/coffee_small", "astronaut")
+    with pytest.warns(DaliRelabelWarning, match=r"2 of 6 images changed .*n02124075/chelsea"):
+        again = generate_label_maps(root, out, **kwargs)
+    fresh = generate_label_maps(root, tmp_path / "fresh.zarr", **kwargs)
+    for got, want in zip(_maps(again), _maps(fresh), strict=True):
+        np.testing.assert_array_equal(got, want)
+    chelsea = again.index("n02124075/chelsea")
+    assert not np.array_equal(_maps(again)[1][chelsea], before[1][chelsea])
+    assert int(_targets(again, "n02124075/chelsea", (0, 0, 1, 1)).argmax()) not in CAT
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # unchanged now: nothing to say, nothing recomputed
+        generate_label_maps(root, out, **kwargs)
+
+    shutil.copy(root / "n03773504/rocket.JPEG", root / "n03773504/rocket_2.JPEG")
+    (root / "n04350905/astronaut.JPEG").unlink()
+    with pytest.raises(
+        StoreMismatchError,
+        match=r"other images: 1 images are new \(first: n03773504/rocket_2\); 1 are gone "
+        r"\(first: n04350905/astronaut\)",
+    ):
+        generate_label_maps(root, out, **kwargs)
+
+
+def test_hashes_find_a_change_that_size_and_time_miss(images, lite0, tmp_path):
+    root = tmp_path / "images"
+    shutil.copytree(images, root)
+    target = root / "n03773504/rocket.JPEG"
+    kwargs = dict(teacher=lite0, resolution=RES, shard_size=8, workers=0, progress=False)
+    stat_store = generate_label_maps(root, tmp_path / "stat.zarr", **kwargs)
+    hash_store = generate_label_maps(root, tmp_path / "hash.zarr", image_check="sha256", **kwargs)
+    assert stat_store.sources().shape == (6, 2) and hash_store.sources().shape == (6, 32)
+    # Other bytes, same size, the old modification time (a restore that keeps times)
+    times = target.stat()
+    raw = bytearray(target.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
+    target.write_bytes(bytes(raw))
+    os.utime(target, ns=(times.st_atime_ns, times.st_mtime_ns))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # size and time cannot see it
+        generate_label_maps(root, tmp_path / "stat.zarr", **kwargs)
+    with pytest.warns(DaliRelabelWarning, match=r"1 of 6 images changed .*n03773504/rocket"):
+        generate_label_maps(root, tmp_path / "hash.zarr", image_check="sha256", **kwargs)
+    with pytest.raises(StoreMismatchError, match="sources: 'stat' there, 'sha256' now"):
+        generate_label_maps(root, tmp_path / "stat.zarr", image_check="sha256", **kwargs)
+
+
+def test_a_skipping_store_whose_images_changed_is_refused(images, lite0, tmp_path):
+    root = tmp_path / "images"
+    shutil.copytree(images, root)
+    (root / "n03773504" / "broken.JPEG").write_bytes(b"not an image")
+    out = tmp_path / "maps.zarr"
+    kwargs = dict(teacher=lite0, resolution=RES, shard_size=4, workers=0, progress=False)
+    done = generate_label_maps(root, out, skip_bad_images=True, **kwargs)
+    assert done.provenance["skipped_images"] == ["n03773504/broken"]
+    _swap_photos(root, "n02124075/chelsea", "rocket")
+    with pytest.raises(StoreMismatchError, match=r"1 of 6 images changed .*n02124075/chelsea"):
+        generate_label_maps(root, out, skip_bad_images=True, **kwargs)
+
+
+def test_device_cuda_without_a_gpu_is_one_line(images, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = main(["generate", str(images), str(tmp_path / "o.zarr"), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 1 and "CUDA is not available here" in err and "--device cpu" in err
+    assert not (tmp_path / "o.zarr").exists()

@@ -89,6 +89,12 @@ def add_commands(subparsers) -> None:
         help="leave undecodable images out of the store (listed in its provenance)",
     )
     p.add_argument("--workers", type=int, help="decoding processes; default: min(8, CPUs)")
+    p.add_argument(
+        "--hash-images",
+        action="store_true",
+        help="record a sha256 of every image (default: size and modification time), so that a "
+        "rerun finds changed images even where times cannot be trusted",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_generate)
 
@@ -155,6 +161,7 @@ def _generate(args) -> int:
         decoder=args.decoder,
         skip_bad_images=args.skip_bad_images,
         workers=args.workers,
+        image_check="sha256" if args.hash_images else "stat",
         progress=not args.quiet,
     )
     skipped = store.provenance.get("skipped_images", [])

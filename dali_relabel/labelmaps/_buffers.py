@@ -33,9 +33,15 @@ class BlockBuffers:
     """Collects per-sample maps into store blocks and writes full blocks in the background."""
 
     def __init__(
-        self, writer: LabelMapWriter, keys: Sequence[str], skip_bad: bool, bad: dict[str, str]
+        self,
+        writer: LabelMapWriter,
+        keys: Sequence[str],
+        skip_bad: bool,
+        bad: dict[str, str],
+        sources: np.ndarray | None = None,
     ):
         self.writer = writer
+        self.sources = sources  # what each image was before it was decoded, per sample
         self.keys = keys
         self.skip_bad = skip_bad
         self.bad = bad  # key -> error, persisted beside the store when skipping
@@ -77,7 +83,10 @@ class BlockBuffers:
             _save_bad_list(self.writer.path, self.bad)  # before the block is flagged done
         while len(self.pending) >= 2:
             self.pending.pop(0).result()
-        self.pending.append(self.executor.submit(self.writer.write_block, start, buf[0], buf[1]))
+        rows = None if self.sources is None else self.sources[start : start + len(buf[0])]
+        self.pending.append(
+            self.executor.submit(self.writer.write_block, start, buf[0], buf[1], rows)
+        )
 
     def close(self) -> None:
         try:

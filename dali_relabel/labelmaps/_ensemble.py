@@ -185,6 +185,7 @@ def ensemble_label_maps(
 
     if not stores:
         raise ArgumentError("ensemble needs at least one store")
+    device = _checks.device("device", device)
     opened = [open_store(s) for s in stores]
     _check_keys(opened)
     _check_classes(opened)

@@ -13,12 +13,15 @@ background thread (:mod:`._buffers`), so that generation runs at the teacher's s
 The store is written block by block with :class:`~dali_relabel.store.LabelMapWriter`:
 an interrupted run resumes at the first missing block. Unreadable images stop the run,
 unless ``skip_bad_images``: then they are left out of the store's keys and listed in its
-provenance (``skipped_images``).
+provenance (``skipped_images``). Every block records what its images were (size and
+modification time, or a sha256 on request; :mod:`._sources`): a rerun computes the maps
+of changed images again, and refuses a store made from other images.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,14 +33,17 @@ from dali_relabel.constants import DEFAULT_TOPK, IMAGENET_NUM_CLASSES
 from dali_relabel.errors import (
     ArgumentError,
     ArgumentTypeError,
+    DaliRelabelWarning,
     ImageDecodeError,
     NotFoundError,
+    StoreMismatchError,
     TeacherError,
 )
 from dali_relabel.imagefolder import scan_image_folder
 from dali_relabel.imagenet import imagenet_wnids
 from dali_relabel.labelmaps._buffers import BlockBuffers, clear_bad_list, load_bad_list
 from dali_relabel.labelmaps._decode import DECODERS, image_batches
+from dali_relabel.labelmaps._sources import SOURCE_CHECKS, changed_rows, source_records
 from dali_relabel.store import SCORE_KINDS, LabelMapStore, LabelMapWriter, compact, find_compacted
 
 if TYPE_CHECKING:
@@ -136,12 +142,15 @@ def generate_label_maps(
     workers: int | None = None,
     score_dtype: str = "float16",
     shard_size: int = 1024,
+    image_check: str = "stat",
     progress: bool = True,
 ) -> LabelMapStore:
     """Label maps of every image under ``images`` from one teacher or an ensemble.
 
     Resumable: run it again with the same arguments after an interruption and it writes
-    only the missing blocks; an ``out`` store of other parameters raises StoreMismatchError.
+    only the missing blocks; an ``out`` store of other parameters or other images raises
+    StoreMismatchError naming the difference. Images that changed since their maps were
+    written (as ``image_check`` tells) get their maps computed again, with a warning.
 
     Args:
         images: an ImageFolder tree (class folders directly under it, e.g. imagenet/train).
@@ -170,6 +179,8 @@ def generate_label_maps(
             Default: min(8, CPU count).
         score_dtype: "float16" or "float32" scores in the store. Default: "float16".
         shard_size: samples per store block (the unit of resumption). Default: 1024.
+        image_check: how a rerun tells that an image changed: "stat" (size and
+            modification time) or "sha256" (its bytes, hashed on every run). Default: "stat".
         progress: show a progress bar. Default: True.
 
     Returns:
@@ -180,6 +191,7 @@ def generate_label_maps(
 
     _checks.one_of("scores", scores, SCORE_KINDS)
     _checks.one_of("decoder", decoder, DECODERS)
+    _checks.one_of("image_check", image_check, SOURCE_CHECKS)
     if skip_bad_images and decoder == "dali":
         raise ArgumentError(
             "skip_bad_images needs decoder='torchvision': DALI stops at the first image it "
@@ -251,12 +263,16 @@ def generate_label_maps(
         "class_names": imagenet_wnids() if n_classes == IMAGENET_NUM_CLASSES else None,
         "provenance": provenance,
         "shard_size": shard_size,
+        "sources": image_check,
     }
 
+    current = source_records(paths, image_check, progress=progress)
     done = find_compacted(out, keys, params)
     if done is not None:
+        _refuse_stale_compacted(done, keys, current)
         return done
     writer = LabelMapWriter.create(out, keys, **params)
+    _forget_changed(writer, keys, current)
     bad = load_bad_list(out)
     if bad:
         # Failures of an earlier, unfinished attempt: decode their blocks again, the images
@@ -267,7 +283,7 @@ def generate_label_maps(
         bad = {}
     missing = writer.missing_blocks()
     indices = np.concatenate([np.arange(a, b) for a, b in missing]) if missing else np.zeros(0, int)
-    buffers = BlockBuffers(writer, keys, skip_bad_images, bad)
+    buffers = BlockBuffers(writer, keys, skip_bad_images, bad, current)
     # One decode and resize per distinct size: teachers of one stride share their images
     # (and DALI refuses two outputs of one name).
     sizes = list(dict.fromkeys(resolutions))
@@ -316,3 +332,41 @@ def generate_label_maps(
             )
         return compact(out, keys, bad, params)
     return writer.finalize()
+
+
+def _written_rows(writer: LabelMapWriter) -> np.ndarray:
+    missing = {start for start, _ in writer.missing_blocks()}
+    rows = [np.arange(a, b) for a, b in writer.blocks() if a not in missing]
+    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
+
+
+def _forget_changed(writer: LabelMapWriter, keys: Sequence[str], current: np.ndarray) -> None:
+    """Flag the blocks of images changed since their maps were written for writing again."""
+    recorded = writer.recorded_sources()
+    changed = changed_rows(recorded, current, _written_rows(writer))
+    if not len(changed):
+        return
+    first = ", ".join(keys[i] for i in changed[:3])
+    warnings.warn(
+        f"{len(changed):,} of {len(keys):,} images changed since their label maps were written "
+        f"(first: {first}): computing their maps again",
+        DaliRelabelWarning,
+        stacklevel=3,
+    )
+    writer.forget_blocks(changed)
+
+
+def _refuse_stale_compacted(store: LabelMapStore, keys: Sequence[str], current: np.ndarray):
+    """A compacted store (bad images left out) cannot be rewritten in place: refuse it
+    when its images changed."""
+    position = {key: i for i, key in enumerate(keys)}
+    rows = np.array([position[key] for key in store.keys], dtype=np.int64)
+    changed = changed_rows(store.sources(), current[rows], np.arange(len(rows)))
+    if len(changed):
+        first = ", ".join(store.keys[i] for i in changed[:3])
+        raise StoreMismatchError(
+            f"{len(changed):,} of {len(store):,} images changed since the label maps in "
+            f"{store.path!r} were written (first: {first}); the store was written without its "
+            "undecodable images (--skip-bad-images), so its maps cannot be computed again in "
+            "place: delete it, or write to another output"
+        )

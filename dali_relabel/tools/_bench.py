@@ -133,7 +133,9 @@ def benchmark_throughput(
         batch_size=batch_size,
         crop_size=crop_size,
         threads=_checks.positive_int("threads", threads or os.cpu_count() or 1),
-        device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        device=str(
+            _checks.device("device", device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        ),
         windows=windows,
         window_batches=window_batches,
         warmup_batches=_checks.at_least("warmup_batches", warmup_batches, 0),

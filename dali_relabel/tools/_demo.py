@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dali_relabel import _checks
+
 __all__ = ["run_demo"]
 
 
@@ -152,7 +154,9 @@ def run_demo(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(
+        _checks.device("device", device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    )
     torch.manual_seed(seed)
     names = imagenet_class_names()
     started = time.perf_counter()
