@@ -7,11 +7,15 @@ every stage runs and writes what the README promises.
 from __future__ import annotations
 
 import json
+import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from dali_relabel.cli import main
+from dali_relabel.imagefolder import ImageFolderList
+from dali_relabel.store import LabelMapStore
 
 
 @pytest.mark.slow
@@ -30,6 +34,15 @@ def test_demo_writes_every_output(tmp_path, capsys):
             assert im.format == "PNG" and im.size[0] > 300
     assert summary["training"]["steps"] == 4 and summary["label_maps"]["k"] == 5
     assert summary["label_maps"]["grid"] == [7, 7]  # Lite0 at 224 px, stride 32
+
+    # Rerun with other data: the maps must be the new images' (they were the old ones')
+    args = ["demo", "--out", str(out), "--images-per-class", "2", "--steps", "2"]
+    assert main([*args, "--batch-size", "8"]) == 0
+    store = LabelMapStore.open(out / "maps.zarr")
+    data = ImageFolderList.scan(out / "data" / "train")
+    assert store.keys == tuple(data.keys) and len(store) == 10
+    stats = [(os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in data.paths]
+    np.testing.assert_array_equal(store.sources(), np.array(stats))  # made from these files
 
 
 def test_demo_rejects_bad_arguments(capsys):

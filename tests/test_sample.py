@@ -98,3 +98,17 @@ def test_default_convert_stores_the_maps_in_the_grid_asked_for(tmp_path):
     scores, classes = store.read(np.array([0]))
     assert np.array_equal(scores[0], raw[0].numpy().swapaxes(-1, -2).astype(scores.dtype))
     assert np.array_equal(classes[0], raw[1].numpy().swapaxes(-1, -2).astype(classes.dtype))
+
+
+def test_a_rerun_leaves_only_matching_files_and_keeps_unchanged_ones(tmp_path):
+    first = make_sample_data(tmp_path, images_per_class=3, seed=0, label_maps=True)
+    cat = first.train / "n02124075" / "n02124075_0.JPEG"
+    (first.train / "n02124075" / "mine.JPEG").write_bytes(cat.read_bytes())  # not a sample
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    again = make_sample_data(tmp_path, images_per_class=3, seed=0, label_maps=True)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == mtimes
+    fewer = make_sample_data(tmp_path, images_per_class=2, seed=0)  # fewer images, no maps
+    images = sorted(p.relative_to(fewer.train).as_posix() for p in fewer.train.rglob("*.JPEG"))
+    assert images == sorted([f"{k}.JPEG" for k in fewer.keys] + ["n02124075/mine.JPEG"])
+    assert not list((tmp_path / "label_maps").rglob("*.pt"))  # maps of other images: gone
+    assert again.keys == first.keys and len(fewer.keys) == 10

@@ -17,11 +17,13 @@ where. Sized for 2 CPU cores; how long it takes is in the README ("Numbers").
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from dali_relabel import _checks
+from dali_relabel.errors import StoreMismatchError
 
 __all__ = ["run_demo"]
 
@@ -166,7 +168,13 @@ def run_demo(
 
     print("[2/5] label maps from EfficientNet-Lite0 (ImageNet weights, offline)", flush=True)
     t0 = time.perf_counter()
-    store = generate_label_maps(data.train, out / "maps.zarr", resolution=resolution, device=device)
+    maps = out / "maps.zarr"
+    try:  # a rerun resumes, and computes the maps of changed images again
+        store = generate_label_maps(data.train, maps, resolution=resolution, device=device)
+    except StoreMismatchError:  # made by a run with other images or settings: the demo's own
+        print(f"      {maps} was made from other images or settings: making it again")
+        shutil.rmtree(maps)
+        store = generate_label_maps(data.train, maps, resolution=resolution, device=device)
     generate_s = time.perf_counter() - t0
     print(f"      {store.grid[0]}x{store.grid[1]} top-{store.k} maps in {generate_s:.1f} s")
 

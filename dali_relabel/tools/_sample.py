@@ -146,10 +146,14 @@ def make_sample_data(
     """Write an ImageNet-layout folder of real photos (and optional official label maps).
 
     Files land in ``out/train/<wnid>/<wnid>_<n>.JPEG`` and, with ``label_maps``,
-    ``out/label_maps/<wnid>/<wnid>_<n>.pt``. The same arguments give the same bytes.
+    ``out/label_maps/<wnid>/<wnid>_<n>.pt``. The same arguments give the same bytes; a
+    file that already holds them is left as it is (its modification time too, so that
+    label maps generated from it stay current). Sample files of an earlier call that
+    this one does not write (more images per class, other photos, maps not asked for)
+    are removed: the folder never holds images without matching maps or the reverse.
 
     Args:
-        out: folder to write into (created; existing sample files are overwritten).
+        out: folder to write into (created; sample files in it are replaced).
         images_per_class: images per photo/class. Default: 8.
         seed: seed of every random choice. Default: 0.
         photos: which photos (keys of :data:`PHOTOS`). Default: all five.
@@ -180,6 +184,7 @@ def make_sample_data(
     rng = np.random.default_rng(seed)
     keys: list[str] = []
     labels: list[int] = []
+    written: set[Path] = set()
     for name in sorted(photos, key=lambda p: PHOTOS[p][0]):
         wnid, label = PHOTOS[name]
         photo = load_photo(name)
@@ -189,16 +194,44 @@ def make_sample_data(
             view = _random_view(photo, rng)
             buf = io.BytesIO()
             Image.fromarray(view).save(buf, "JPEG", quality=int(rng.integers(85, 96)))
-            (train / wnid / f"{stem}.JPEG").write_bytes(buf.getvalue())
+            written.add(_write_if_changed(train / wnid / f"{stem}.JPEG", buf.getvalue()))
             if map_root is not None:
                 import torch
 
                 (map_root / wnid).mkdir(parents=True, exist_ok=True)
                 lm = synthetic_label_map(label, rng, k=k, grid=grid, num_classes=num_classes)
                 official = np.ascontiguousarray(lm.swapaxes(-1, -2))  # the release's layout
-                torch.save(torch.from_numpy(official), map_root / wnid / f"{stem}.pt")
+                buf = io.BytesIO()
+                torch.save(torch.from_numpy(official), buf)
+                written.add(_write_if_changed(map_root / wnid / f"{stem}.pt", buf.getvalue()))
             keys.append(f"{wnid}/{stem}")
             labels.append(label)
+    _remove_earlier(root, written)
     return SampleData(
         root=root, train=train, label_maps=map_root, keys=tuple(keys), labels=tuple(labels)
     )
+
+
+def _write_if_changed(path: Path, data: bytes) -> Path:
+    if not (path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # never half a file under the final name
+    return path
+
+
+def _remove_earlier(root: Path, written: set[Path]) -> None:
+    """Remove the sample files (and only those) of an earlier call that this one did not
+    write: ``train/<wnid>/<wnid>_<n>.JPEG`` and ``label_maps/<wnid>/<wnid>_<n>.pt``."""
+    for wnid, _ in PHOTOS.values():
+        for folder, suffix in (
+            (root / "train" / wnid, ".JPEG"),
+            (root / "label_maps" / wnid, ".pt"),
+        ):
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                number = path.name[len(wnid) + 1 : -len(suffix)]
+                ours = path.name.startswith(f"{wnid}_") and path.name.endswith(suffix)
+                if ours and number.isdigit() and path not in written:
+                    path.unlink()
