@@ -22,8 +22,10 @@ from dali_relabel.errors import ArgumentError, ClassTableError, NotFoundError
 
 __all__ = [
     "IMG_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "ImageFolderList",
     "check_image_file",
+    "check_image_header",
     "find_bad_images",
     "scan_image_folder",
 ]
@@ -40,6 +42,14 @@ IMG_EXTENSIONS: tuple[str, ...] = (
     ".tiff",
     ".webp",
 )
+
+#: Pixels an image may declare in its header: Pillow's default ``Image.MAX_IMAGE_PIXELS``
+#: (about 9,459 x 9,459). A 1.5 kB JPEG can declare 20,000 x 20,000 and be decoded into
+#: gigabytes of grey.
+MAX_IMAGE_PIXELS = 89_478_485
+
+# JPEG start-of-frame markers (baseline, progressive, lossless...), which hold the size.
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 # Leading bytes of the formats DALI's image decoders read (see fn.decoders.image).
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -230,54 +240,150 @@ class ImageFolderList:
         )
 
 
-def check_image_file(path: str | Path, *, full: bool = False) -> str | None:
-    """Why DALI would fail to decode ``path``, or None when it looks decodable.
+def check_image_file(
+    path: str | Path, *, full: bool = False, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> str | None:
+    """Why DALI would fail to decode ``path`` (or should not), or None when it looks fine.
 
-    The cheap check reads the first bytes (the format's signature) and, for JPEG, the
-    last ones: a JPEG cut short lacks its end-of-image marker, and only then is it
-    decoded fully with Pillow to tell a truncated file from a merely untidy end. Other
-    formats are opened and verified by Pillow. ``full=True`` decodes every file.
+    The cheap check reads the first bytes (the format's signature and, for JPEG and PNG,
+    the size the header declares) and, for JPEG, the last ones: a JPEG cut short lacks
+    its end-of-image marker, and only then is it decoded fully with Pillow to tell a
+    truncated file from a merely untidy end. Other formats are opened and verified by
+    Pillow. ``full=True`` decodes every file.
 
     Args:
         path: the image file.
         full: decode the whole image with Pillow whatever the checks say. Default: False.
+        max_pixels: refuse an image whose header declares more pixels (width x height);
+            None for no limit. Default: :data:`MAX_IMAGE_PIXELS`.
     """
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(4096)
             f.seek(max(0, size - 64))
             tail = f.read()
+            kind = _kind(head)
+            declared = _jpeg_size(f, head) if kind == "jpeg" else _png_size(head, kind)
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
     if size == 0:
         return "is empty"
-    kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
     if kind is None:
-        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-            kind = "webp"
-        else:
-            return f"is not an image (starts with {head[:8]!r})"
+        return f"is not an image (starts with {head[:8]!r})"
+    if declared is not None and (reason := _too_large(declared, max_pixels)):
+        return reason
     if kind == "jpeg" and not full and b"\xff\xd9" in tail:
         return None
-    return _pillow_check(path, decode=full or kind == "jpeg")
+    return _pillow_check(path, decode=full or kind == "jpeg", max_pixels=max_pixels)
 
 
-def _pillow_check(path: str | Path, *, decode: bool) -> str | None:
+def check_image_header(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
+    """Why the size that ``path``'s header declares is refused, or None.
+
+    The pixel limit of :func:`check_image_file` alone, at the cost of reading the first
+    bytes: JPEG's start-of-frame marker and PNG's IHDR are read directly, other formats'
+    headers by Pillow (without decoding). A file whose size cannot be read passes: it is
+    no decompression bomb, and a decoder that fails on it says so.
+
+    Args:
+        path: the image file.
+        max_pixels: the most pixels (width x height) the header may declare.
+            Default: :data:`MAX_IMAGE_PIXELS`.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            kind = _kind(head)
+            declared = _jpeg_size(f, head) if kind == "jpeg" else _png_size(head, kind)
+    except OSError:
+        return None
+    if declared is not None or kind in (None, "jpeg", "png"):
+        return None if declared is None else _too_large(declared, max_pixels)
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return _too_large(im.size, max_pixels)
+    except Image.DecompressionBombError as e:  # Pillow's own limit (twice its default)
+        return f"declares too many pixels in its header ({e})"
+    except Exception:  # Pillow raises many types for broken files: the decoder names it
+        return None
+
+
+def _kind(head: bytes) -> str | None:
+    """The image format that the first bytes of a file announce, or None."""
+    kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    if kind is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "webp"
+    return kind
+
+
+def _png_size(head: bytes, kind: str | None) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, the first one."""
+    if kind != "png" or len(head) < 24:
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _too_large(size: tuple[int, int], max_pixels: int | None) -> str | None:
+    w, h = size
+    if max_pixels is None or w * h <= max_pixels:
+        return None
+    return (
+        f"declares {w:,} x {h:,} = {w * h:,} pixels in its header, more than the limit of "
+        f"{max_pixels:,} (max_image_pixels): a damaged header or a decompression bomb"
+    )
+
+
+def _jpeg_size(f, head: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame marker, reading no further than it."""
+    data, pos = head, 2
+    while True:
+        while pos + 9 > len(data):  # the marker, its length and the size: read on
+            more = f.read(65536) if len(data) < (1 << 22) else b""
+            if not more:
+                return None
+            data += more
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _SOF:
+            h = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            w = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            return w, h
+        if marker == 0xD8 or 0xD0 <= marker <= 0xD7:  # no length
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+
+
+def _pillow_check(path: str | Path, *, decode: bool, max_pixels: int | None) -> str | None:
     # With ImageFile.LOAD_TRUNCATED_IMAGES set (by the calling script) Pillow accepts
     # truncated files; DALI then names such a file when it fails on it.
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            if reason := _too_large(im.size, max_pixels):
+                return reason
             im.load() if decode else im.verify()
+    except Image.DecompressionBombError as e:  # Pillow's own limit (twice its default)
+        return f"declares too many pixels in its header ({e})"
     except Exception as e:  # Pillow raises many types for broken files
         return f"cannot be decoded ({type(e).__name__}: {e})"
     return None
 
 
 def find_bad_images(
-    paths: Sequence[str | Path], *, full: bool = False, workers: int = 16
+    paths: Sequence[str | Path],
+    *,
+    full: bool = False,
+    workers: int = 16,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> list[tuple[int, str]]:
     """(position, reason) of every file in ``paths`` that :func:`check_image_file` rejects.
 
@@ -286,7 +392,12 @@ def find_bad_images(
         full: decode every file fully (slow: ImageNet takes about 10 CPU-minutes).
             Default: False.
         workers: threads reading files (I/O bound). Default: 16.
+        max_pixels: as in :func:`check_image_file`. Default: :data:`MAX_IMAGE_PIXELS`.
     """
+
+    def check(path: str | Path) -> str | None:
+        return check_image_file(path, full=full, max_pixels=max_pixels)
+
     with cf.ThreadPoolExecutor(max(1, workers)) as pool:
-        reasons = list(pool.map(lambda p: check_image_file(p, full=full), paths, chunksize=64))
+        reasons = list(pool.map(check, paths, chunksize=64))
     return [(i, r) for i, r in enumerate(reasons) if r is not None]

@@ -630,7 +630,7 @@ def test_empty_folders_and_bad_arguments(sample_data, tmp_path):
         ({"std": (0.2, 0.0, 0.2)}, r"std must be three numbers > 0 .*got \(0\.2, 0\.0, 0\.2\)"),
         ({"device": "xyz"}, r"device must be a torch device such as 'cpu'.*got 'xyz'"),
         ({"seed": -1}, r"seed must be >= 0, got -1"),
-        ({"scale": (1.0, 0.08)}, r"scale must be \(low, high\) with 0 < low <= high, got \(1\.0"),
+        ({"scale": (1.0, 0.08)}, r"scale must be \(low, high\) with 0 < low <= high <= 1"),
         ({"ratio": (0.0, 1.0)}, r"ratio must be \(low, high\) .*got \(0\.0, 1\.0\)"),
     ]
     for kwargs, message in bad:

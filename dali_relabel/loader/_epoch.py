@@ -12,7 +12,9 @@ are taken from DALI and dropped: at most the queue's depth, never a new pipeline
 Nothing here refers to an epoch's iterator: an :class:`Epoch` refers to the loader's
 :class:`Epochs` and not the other way round, so an abandoned iterator is freed as soon as
 it is dropped (no reference cycle, no garbage collection needed). When DALI fails on a
-file, the error names it (:func:`explain_decode_failure`). docs/LOADER.md ("Epochs").
+file, the error names it (:func:`~._images.explain_decode_failure`). A batch whose header
+check (:class:`~._images.HeaderCheck`) refuses a file is never fed: it is an error when it
+is due, and nothing is fed after it. docs/LOADER.md ("Epochs").
 """
 
 from __future__ import annotations
@@ -20,20 +22,19 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import dataclasses
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from dali_relabel.errors import ImageDecodeError
-from dali_relabel.imagefolder import ImageFolderList, check_image_file
+from dali_relabel.imagefolder import ImageFolderList
 from dali_relabel.loader._graph import LoaderGraph
+from dali_relabel.loader._images import HeaderCheck, explain_decode_failure
 from dali_relabel.loader._label_maps import LabelMaps
 from dali_relabel.loader._sampler import ShardSampler
 
-__all__ = ["PREFETCH_DEPTH", "Epoch", "Epochs", "explain_decode_failure"]
+__all__ = ["PREFETCH_DEPTH", "Epoch", "Epochs"]
 
 #: Batches the pipeline computes ahead of the one the trainer takes.
 PREFETCH_DEPTH = 2
@@ -48,12 +49,21 @@ DrawMix = Callable[[int, int, int], Any]
 
 @dataclasses.dataclass
 class _Fed:
-    """A batch handed to DALI and not yet taken."""
+    """A batch handed to DALI and not yet taken, or refused before it."""
 
     key: tuple[int, int]  # (epoch, or 0 where the epoch changes nothing; batch)
     indices: np.ndarray
     maps: cf.Future | None
     mix: Any = None  # the batch's mixing (MixParams), drawn when it was fed
+    refused: Exception | None = None  # why the batch was not fed (its header check)
+
+    @property
+    def in_dali(self) -> bool:
+        return self.refused is None
+
+
+# The key of a batch fed only to start the pipeline (see Epochs._fill): never taken.
+_STAND_IN = (-1, -1)
 
 
 class Epochs:
@@ -75,6 +85,8 @@ class Epochs:
             the batches fed ahead for one epoch serve any epoch.
         draw_mix: draws a training batch's mixing when it is fed (the graph pastes
             CutMix boxes, the assembler blends and mixes targets); None without mixing.
+        headers: checks the files of each batch before it is fed (the pixel limit);
+            None for no check.
     """
 
     def __init__(
@@ -90,6 +102,7 @@ class Epochs:
         drop_last: bool,
         epoch_free: bool,
         draw_mix: DrawMix | None = None,
+        headers: HeaderCheck | None = None,
     ) -> None:
         self._sampler = sampler
         self._graph = graph
@@ -100,6 +113,8 @@ class Epochs:
         self._batch_size = batch_size
         self._epoch_free = epoch_free
         self._draw_mix = draw_mix
+        self._headers = headers
+        self._checking: tuple[tuple[int, int], Any] | None = None  # the next batch's check
         samples = len(sampler)
         #: Batches per epoch (the same every epoch).
         self.num_batches = samples // batch_size if drop_last else -(-samples // batch_size)
@@ -108,6 +123,8 @@ class Epochs:
         self._pipe: Any = None
         self._started = False  # the pipeline's first schedule_run() fills its whole queue
         self._fed: collections.deque[_Fed] = collections.deque()
+        self._last_inputs: dict[str, Any] | None = None  # of the latest batch fed to DALI
+        self._blocked = False  # a batch was refused: nothing is fed after it
         self._cursor = (0, 0)  # (epoch, batch) fed next
         self._running = -1  # the epoch of the latest run()
         self._orders: dict[int, np.ndarray] = {}
@@ -145,49 +162,83 @@ class Epochs:
 
     def _drain(self) -> None:
         """Take the batches in flight from DALI and drop them."""
+        self._blocked = False
         while self._fed:
-            self._fed.popleft()
+            if not self._fed.popleft().in_dali:
+                continue
             try:
                 self._pipe.outputs()
             except Exception:  # a failed pipeline is dead: the next one starts clean
                 self._discard_pipeline()
 
+    def _in_dali(self) -> int:
+        return sum(fed.in_dali for fed in self._fed)
+
     def _fill(self) -> None:
         """Feed batches until :data:`PREFETCH_DEPTH` are in flight."""
         if self._pipe is None:
             self._pipe = self._build(PREFETCH_DEPTH)
-            self._started = False
-        while len(self._fed) < PREFETCH_DEPTH:
-            self._feed_one()
-            if self._started:
+            self._started, self._last_inputs = False, None
+        while self._in_dali() < PREFETCH_DEPTH and not self._blocked:
+            if self._feed_one() and self._started:
                 self._pipe.schedule_run()
-        if not self._started:  # the first schedule_run() runs the queue's whole depth
+        if not self._started and self._in_dali():
+            # The first schedule_run() runs the queue's whole depth: where a refused batch
+            # stopped the feed short of it, the batch fed last is fed again, then dropped.
+            while self._in_dali() < PREFETCH_DEPTH:
+                self._graph.feed(self._pipe, self._last_inputs)
+                self._fed.append(_Fed(_STAND_IN, np.empty(0, np.int64), None))
             self._pipe.schedule_run()
             self._started = True
 
-    def _feed_one(self) -> None:
+    def _upcoming(self) -> tuple[int, int, np.ndarray]:
+        """(epoch, batch, sample indices) of the batch fed next."""
         epoch, batch = self._cursor
         if batch >= self.num_batches:  # on into the epoch that runs next
             epoch = self._sampler.epoch if epoch == self._running else epoch + 1
             batch = 0
-        indices = self._order(epoch)[batch * self._batch_size : (batch + 1) * self._batch_size]
-        mix = None if self._draw_mix is None else self._draw_mix(epoch, batch, len(indices))
-        self._graph.feed(self._pipe, self._graph.inputs(indices, epoch, batch, mix))
-        maps = None if self._label_maps is None else self._label_maps.read_async(indices)
-        self._fed.append(_Fed(self._key(epoch, batch), indices, maps, mix))
+        size = self._batch_size
+        return epoch, batch, self._order(epoch)[batch * size : (batch + 1) * size]
+
+    def _feed_one(self) -> bool:
+        """Feed the next batch, unless its header check refuses it; whether it was fed."""
+        epoch, batch, indices = self._upcoming()
+        key = self._key(epoch, batch)
         self._cursor = (epoch, batch + 1)
+        refused = self._check_headers((epoch, batch), indices)
+        if refused is not None:
+            self._fed.append(_Fed(key, indices, None, refused=refused))
+            self._blocked = True
+            return False
+        mix = None if self._draw_mix is None else self._draw_mix(epoch, batch, len(indices))
+        self._last_inputs = self._graph.inputs(indices, epoch, batch, mix)
+        self._graph.feed(self._pipe, self._last_inputs)
+        maps = None if self._label_maps is None else self._label_maps.read_async(indices)
+        self._fed.append(_Fed(key, indices, maps, mix))
+        return True
+
+    def _check_headers(self, at: tuple[int, int], indices: np.ndarray) -> Exception | None:
+        """The header check of the batch ``at`` = (epoch, batch), started when the batch
+        before it was fed; the next batch's is started now, to run while DALI works."""
+        if self._headers is None:
+            return None
+        pending = self._checking[1] if self._checking and self._checking[0] == at else None
+        refused = (pending or self._headers.submit(indices)).result()
+        following = self._upcoming()
+        self._checking = (following[:2], self._headers.submit(following[2]))
+        return refused
 
     def refeed(self) -> None:
         """Feed the batches in flight again (their mixing was drawn before a change of it,
         such as ``mixup_enabled``): they are taken from DALI, dropped and fed anew."""
-        if not self._fed or self._pipe is None:
+        if not self._fed or self._pipe is None or self._fed[0].key == _STAND_IN:
             return
         self._cursor = self._fed[0].key
         self._drain()
         self._fill()
 
     def _discard_pipeline(self) -> None:
-        self._pipe, self._started = None, False
+        self._pipe, self._started, self._blocked = None, False, False
         self._fed.clear()
 
     # -- taking -------------------------------------------------------------------------
@@ -204,12 +255,15 @@ class Epochs:
                 f"the loader fed batch {fed.key} where batch {epoch.next} of epoch "
                 f"{epoch.epoch} was due; please report this"
             )
+        if fed.refused is not None:  # never fed: the batches before it were taken
+            self._fed.popleft()
+            raise fed.refused
         try:
             outputs = self._pipe.outputs()
         except Exception as e:
-            in_flight = [f.indices for f in self._fed]
+            in_flight = [f.indices.tolist() for f in self._fed]
             self._discard_pipeline()  # DALI cannot go on after a failed batch
-            raise self._explain(e, in_flight) from e
+            raise explain_decode_failure(self._dataset, in_flight, str(e)) from e
         self._fed.popleft()
         self.progress = (epoch.epoch, epoch.next + 1)
         self._fill()  # DALI computes on (into the next epoch) while this batch is assembled
@@ -217,17 +271,9 @@ class Epochs:
         return self._assemble(outputs, fed.indices, maps, self._pipe.exec_dynamic, fed.mix)
 
     def failed(self, epoch: Epoch) -> bool:
-        """Whether the pipeline failed under the iterator ``epoch`` (its epoch is over)."""
-        return epoch.generation == self._generation and self._pipe is None
-
-    def _explain(self, error: Exception, in_flight: Sequence[np.ndarray]) -> Exception:
-        # DALI's error surfaces at the batch that failed, the first in flight; the others
-        # are checked when it names none of its files.
-        for candidates in (in_flight[0], np.concatenate(in_flight)):
-            explained = explain_decode_failure(self._dataset, candidates.tolist(), str(error))
-            if explained is not None:
-                return explained
-        return error
+        """Whether the pipeline failed, or a batch was refused, under the iterator
+        ``epoch`` (its epoch is over)."""
+        return epoch.generation == self._generation and (self._pipe is None or self._blocked)
 
 
 class Epoch:
@@ -260,47 +306,3 @@ class Epoch:
             raise
         self.next += 1
         return batch
-
-
-def _dali_cause(message: str) -> str:
-    """The line of a DALI error that says what went wrong (DALI's messages end with
-    "Current pipeline object is no longer valid.", which says nothing about it)."""
-    text = message.split("encountered:", 1)[-1]
-    lines = [
-        line.strip()
-        for line in text.splitlines()
-        if line.strip()
-        and "pipeline object is no longer valid" not in line
-        and not line.startswith(("Critical error", "C++ context"))
-    ]
-    return lines[0].rstrip(" :") if lines else message.strip()
-
-
-def explain_decode_failure(
-    dataset: ImageFolderList, candidates: Sequence[int], message: str
-) -> ImageDecodeError | None:
-    """An error naming the undecodable file among samples ``candidates``, if any.
-
-    The samples of the failed batch are checked (signature bytes, JPEG end marker,
-    Pillow); where none fails the check, DALI's "sample #i" names the position.
-
-    Args:
-        dataset: the samples.
-        candidates: sample indices of the failed batch, in batch order.
-        message: DALI's error message.
-    """
-    cause = _dali_cause(message)
-    bad = [(i, r) for i in candidates if (r := check_image_file(dataset.paths[i]))]
-    if not bad:
-        at = re.search(r"sample #(\d+)", message)
-        if at is None or int(at.group(1)) >= len(candidates):
-            return None
-        bad = [(candidates[int(at.group(1))], "")]
-    i, reason = bad[0]
-    more = f" and {len(bad) - 1} more in the same batch" if len(bad) > 1 else ""
-    detail = f"{reason}; DALI: {cause}" if reason else f"DALI: {cause}"
-    return ImageDecodeError(
-        f"cannot decode image {dataset.paths[i]} ({detail}){more}. Remove or replace it, or "
-        "pass on_bad_image='skip' to check every file at construction and leave out the "
-        "ones that fail"
-    )

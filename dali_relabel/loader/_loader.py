@@ -31,13 +31,14 @@ import torch
 
 from dali_relabel import _checks
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
-from dali_relabel.errors import ArgumentError, ImageDecodeError
-from dali_relabel.imagefolder import find_bad_images
+from dali_relabel.errors import ArgumentError
+from dali_relabel.imagefolder import MAX_IMAGE_PIXELS
 from dali_relabel.loader._batch import BatchAssembler
 from dali_relabel.loader._color import check_color_jitter, check_lighting
 from dali_relabel.loader._dataset import LoaderDataset
 from dali_relabel.loader._epoch import PREFETCH_DEPTH, Epoch, Epochs
 from dali_relabel.loader._graph import LoaderGraph, default_resize_size
+from dali_relabel.loader._images import HeaderCheck, skip_bad_images
 from dali_relabel.loader._label_maps import (
     MEMORY,
     LabelMaps,
@@ -120,8 +121,8 @@ class ReLabelLoader:
         shuffle: permute the samples each epoch. Default: None (= ``train``).
         mean: channel means on the 0-1 scale. Default: ImageNet's.
         std: channel standard deviations on the 0-1 scale. Default: ImageNet's.
-        scale: RandomResizedCrop area range (torchvision's ``get_params``, computed in
-            the DALI graph). Default: (0.08, 1.0).
+        scale: RandomResizedCrop area range, 0 < low <= high <= 1 (torchvision's
+            ``get_params``, computed in the DALI graph). Default: (0.08, 1.0).
         ratio: RandomResizedCrop aspect-ratio range (width / height). Default: (3/4, 4/3).
         resize_size: evaluation's shorter side before the center crop. Default: None
             (``round(crop_size / 0.875)``, 256 for 224).
@@ -134,9 +135,16 @@ class ReLabelLoader:
             else host if under half of the available memory, else stream).
             Default: "auto".
         on_bad_image: "raise" stops at the first undecodable file with an error naming
-            it; "skip" checks every file at construction (signature bytes, JPEG end
-            marker, Pillow) and leaves out those that fail, listed in
-            :attr:`skipped_images`, with a warning. Default: "raise".
+            it; "skip" checks every file at construction (signature bytes, the size its
+            header declares, JPEG end marker, Pillow) and leaves out those that fail,
+            listed in :attr:`skipped_images`, with a warning. Default: "raise".
+        max_image_pixels: the most pixels (width x height) an image's header may declare;
+            more is refused as a damaged header or a decompression bomb (a 1.5 kB JPEG
+            can declare 20,000 x 20,000): left out at construction with
+            ``on_bad_image="skip"``, else read before the batch is fed to DALI, which
+            never decodes it, and an error naming the file when the batch is due. None
+            for no limit (and no header read). Default: Pillow's ``MAX_IMAGE_PIXELS``
+            (89,478,485).
         cutmix_alpha, mixup_alpha, cutmix_minmax, mix_prob, switch_prob, mix_mode,
             correct_lam, label_smoothing: CutMix (Yun et al., ICCV 2019) and Mixup of
             training batches with timm's parameters and semantics, and label smoothing
@@ -181,6 +189,7 @@ class ReLabelLoader:
         temperature: float = 1.0,
         label_map_memory: str = "auto",
         on_bad_image: str = "raise",
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         cutmix_alpha: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_minmax: tuple[float, float] | None = None,
@@ -206,8 +215,10 @@ class ReLabelLoader:
                 )
         _checks.positive_number("temperature", temperature)
         _checks.at_least("seed", seed, 0)
-        check_range("scale", scale, "(0.08, 1.0)")
+        check_range("scale", scale, "(0.08, 1.0)", high=1.0)
         check_range("ratio", ratio, "(3/4, 4/3)")
+        if max_image_pixels is not None:
+            _checks.positive_int("max_image_pixels", max_image_pixels)
         check_channels("mean", mean, positive=False)
         check_channels("std", std, positive=True)
         if targets is None:
@@ -263,7 +274,7 @@ class ReLabelLoader:
         self.dataset = scan_in_store_classes(root, self.store)
         self.skipped_images: list[tuple[str, str]] = []
         if on_bad_image == "skip":
-            self._skip_bad_images()
+            self.dataset, self.skipped_images = skip_bad_images(self.dataset, max_image_pixels)
         #: The samples; ``dataset[i]`` is (image with the evaluation transform, class index),
         #: as ImageFolder with eval transforms gives it (:class:`LoaderDataset`).
         self.dataset = LoaderDataset(
@@ -364,30 +375,13 @@ class ReLabelLoader:
             drop_last=self.drop_last and self.train,
             epoch_free=not (self.train or self.sampler.shuffle),
             draw_mix=mix_drawer(self._mixer, self.seed, rank, self.crop_size),
+            headers=None
+            if max_image_pixels is None or on_bad_image == "skip"  # checked at construction
+            else HeaderCheck(self.dataset.paths, max_image_pixels, self.num_threads),
         )
         # (epoch, first batch) that the next iter() resumes, set by load_state_dict
         self._resume: tuple[int, int] | None = None
         self._fingerprint: str | None = None
-
-    def _skip_bad_images(self) -> None:
-        bad = find_bad_images(self.dataset.paths)
-        if not bad:
-            return
-        self.skipped_images = [(str(self.dataset.paths[i]), reason) for i, reason in bad]
-        drop = {i for i, _ in bad}
-        total = len(self.dataset)
-        self.dataset = self.dataset.subset(i for i in range(total) if i not in drop)
-        first, reason = self.skipped_images[0]
-        warnings.warn(
-            f"on_bad_image='skip': left out {len(bad):,} of {total:,} images that cannot be "
-            f"decoded (first: {first} {reason}); the list is in loader.skipped_images",
-            stacklevel=3,
-        )
-        if not len(self.dataset):
-            raise ImageDecodeError(
-                f"none of the {total:,} images under {str(self.dataset.root)!r} can be decoded "
-                f"(first: {first} {reason}); root must hold images that DALI can decode"
-            )
 
     # -- DataLoader surface ------------------------------------------------------------
     def __len__(self) -> int:

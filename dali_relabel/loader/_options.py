@@ -31,14 +31,17 @@ __all__ = [
 ]
 
 
-def check_range(name: str, values: Any, default: str) -> None:
+def check_range(name: str, values: Any, default: str, *, high: float = math.inf) -> None:
+    """A (low, high) range with 0 < low <= high (<= ``high``): RandomResizedCrop's scale
+    and ratio, refused at construction rather than by DALI at the first batch."""
     try:
         lo, hi = (float(v) for v in values)
     except (TypeError, ValueError):
         lo = hi = math.nan
-    if not (0 < lo <= hi < math.inf):
+    if not (0 < lo <= hi <= high and hi < math.inf):
+        bound = "" if high == math.inf else f" <= {high:g}"
         raise ArgumentError(
-            f"{name} must be (low, high) with 0 < low <= high, got {values!r}; "
+            f"{name} must be (low, high) with 0 < low <= high{bound}, got {values!r}; "
             f"RandomResizedCrop's default is {default}"
         )
 
