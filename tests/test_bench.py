@@ -38,3 +38,32 @@ def test_bench_runs_each_path_and_reports(tmp_path, capsys):
     assert (tmp_path / "throughput.md").read_text().count("\n") == 5
     with Image.open(tmp_path / "throughput.png") as im:
         assert im.format == "PNG"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--windows", "0"], "--windows must be >= 1, got 0"),
+        (["--window-batches", "0"], "--window-batches must be >= 1, got 0"),
+        (["--images-per-class", "0"], "--images-per-class must be >= 1, got 0"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
+        (["--warmup-batches", "-1"], "--warmup-batches must be >= 0, got -1"),
+        (["--paths", ","], "--paths must name one or more of official, "),
+        (["--paths", "dali,fast"], "got 'dali,fast'"),
+    ],
+)
+def test_bad_values_are_named_before_anything_runs(tmp_path, capsys, args, message):
+    # zero windows used to end in "max() arg is an empty sequence"
+    assert main(["bench", *args, "--out-dir", str(tmp_path / "b")]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_library_refuses_zero_paths_and_zero_threads(tmp_path):
+    from dali_relabel.tools import benchmark_throughput
+
+    with pytest.raises(ValueError, match="paths must name at least one"):
+        benchmark_throughput(tmp_path, paths=[])
+    with pytest.raises(ValueError, match="threads must be a positive int, got 0"):
+        benchmark_throughput(tmp_path, threads=0)

@@ -48,3 +48,11 @@ def test_demo_writes_every_output(tmp_path, capsys):
 def test_demo_rejects_bad_arguments(capsys):
     assert main(["demo", "--steps", "0"]) == 1
     assert "--steps must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_demo_on_cuda_without_a_gpu_is_one_line(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["demo", "--device", "cuda", "--out", str(tmp_path / "d")]) == 1
+    assert "CUDA is not available here" in capsys.readouterr().err

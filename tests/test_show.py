@@ -71,3 +71,19 @@ def test_drawing_leaves_pyplot_alone(sample_store, sample_data):
     for key in sample_data.keys[:2]:
         show_label_map(sample_store, sample_data.train, key, box="0,0,0.5,0.5")
     assert plt.get_fignums() == before
+
+
+def test_out_without_extension_or_a_folder_is_reported_where_it_lands(
+    sample_store, sample_data, tmp_path, capsys
+):
+    key = "n02124075/n02124075_3"
+    base = ["show", sample_store.path, "--images", str(sample_data.train), "--key", key]
+    assert main([*base, "-o", str(tmp_path / "picture")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'picture.png'}"
+    assert (tmp_path / "picture.png").is_file() and not (tmp_path / "picture").exists()
+    (tmp_path / "pictures").mkdir()
+    assert main([*base, "-o", str(tmp_path / "pictures")]) == 0
+    written = tmp_path / "pictures" / "n02124075__n02124075_3.png"
+    assert capsys.readouterr().out.strip() == f"wrote {written}"
+    with Image.open(written) as im:
+        assert im.format == "PNG"

@@ -170,6 +170,10 @@ def test_writer_checks_blocks(tmp_path):
         writer.write_block(0, bad, classes)
     with pytest.raises(ValueError, match=r"outside \[0, 10\)"):
         writer.write_block(0, scores, classes + 10)
+    big = scores.copy()
+    big[1, 0, 2, 2] = -7e4  # float16 would store -inf: NaN targets
+    with pytest.raises(ValueError, match=r"reach 70000, beyond the largest float16.*float32"):
+        writer.write_block(0, big, classes)
     with pytest.raises(ValueError, match="unique"):
         LabelMapWriter.create(tmp_path / "d.zarr", ["a", "a"], num_classes=10, k=2, grid=(3, 3))
     with pytest.raises(ValueError, match="k must be in"):

@@ -52,7 +52,13 @@ def add_commands(subparsers) -> None:
     p.add_argument("--images", required=True, help="the ImageFolder tree the store was made from")
     p.add_argument("--key", required=True, help="sample key, e.g. n02124075/n02124075_3")
     p.add_argument("--box", help="crop x1,y1,x2,y2 normalized to [0, 1] (x right, y down)")
-    p.add_argument("-o", "--out", required=True, help="PNG to write")
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="PNG to write (.png is added to a name without an extension), or an existing "
+        "folder to write <key>.png into",
+    )
     p.set_defaults(func=_show)
 
     p = subparsers.add_parser(
@@ -111,18 +117,38 @@ def _sample(args) -> int:
 
 
 def _show(args) -> int:
-    from dali_relabel.tools import show_label_map
+    from dali_relabel.tools import picture_path, show_label_map
 
-    show_label_map(args.store, args.images, args.key, box=args.box, out=args.out)
-    print(f"wrote {args.out}")
+    out = picture_path(args.out, args.key)
+    show_label_map(args.store, args.images, args.key, box=args.box, out=out)
+    print(f"wrote {out}")
     return 0
 
 
 def _run_bench(args) -> int:
     import json
 
-    from dali_relabel.tools import benchmark_throughput, throughput_table
+    from dali_relabel.tools import PATHS, benchmark_throughput, throughput_table
 
+    for name, low in (
+        ("images_per_class", 1),
+        ("batch_size", 1),
+        ("crop_size", 1),
+        ("windows", 1),
+        ("window_batches", 1),
+        ("warmup_batches", 0),
+        ("threads", 1),
+    ):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise ArgumentError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    paths = [name.strip() for name in args.paths.split(",") if name.strip()]
+    unknown = [name for name in paths if name not in PATHS]
+    if not paths or unknown:
+        raise ArgumentError(
+            f"--paths must name one or more of {', '.join(PATHS)} (comma-separated), got "
+            f"{args.paths!r}"
+        )
     results = benchmark_throughput(
         args.out_dir,
         images_per_class=args.images_per_class,
@@ -133,7 +159,7 @@ def _run_bench(args) -> int:
         windows=args.windows,
         window_batches=args.window_batches,
         warmup_batches=args.warmup_batches,
-        paths=[name.strip() for name in args.paths.split(",") if name.strip()],
+        paths=paths,
     )
     print(throughput_table(results))
     print(json.dumps(results["ratios"], indent=2))

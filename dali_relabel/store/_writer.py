@@ -300,7 +300,7 @@ class LabelMapWriter:
             raise ArgumentError(f"scores of block {start} hold NaN or inf")
         dtype = np.dtype(self.attrs["score_dtype"])
         largest = float(np.abs(scores).max()) if scores.size else 0.0
-        if largest > np.finfo(dtype).max:
+        if largest > float(np.finfo(dtype).max):
             raise ArgumentError(
                 f"scores of block {start} reach {largest:.6g}, beyond the largest {dtype.name} "
                 f"({float(np.finfo(dtype).max):,.0f}): they would be stored as inf. Write the "

@@ -21,7 +21,7 @@ from dali_relabel.tools._sample import (
     make_sample_data,
     synthetic_label_map,
 )
-from dali_relabel.tools._show import class_labels, parse_box, show_label_map
+from dali_relabel.tools._show import class_labels, parse_box, picture_path, show_label_map
 
 __all__ = [
     "PATHS",
@@ -33,6 +33,7 @@ __all__ = [
     "machine",
     "make_sample_data",
     "parse_box",
+    "picture_path",
     "run_demo",
     "show_label_map",
     "synthetic_label_map",

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from dali_relabel import _checks
+from dali_relabel.errors import ArgumentError
 
 __all__ = ["PATHS", "benchmark_throughput", "machine", "throughput_table"]
 
@@ -121,6 +122,8 @@ def benchmark_throughput(
     unknown = [name for name in paths if name not in PATHS]
     if unknown:
         _checks.one_of("paths", unknown[0], tuple(PATHS))
+    if not paths:
+        raise ArgumentError(f"paths must name at least one of {', '.join(PATHS)}, got none")
     for name, value in (
         ("images_per_class", images_per_class),
         ("batch_size", batch_size),
@@ -132,7 +135,9 @@ def benchmark_throughput(
     config = _Config(
         batch_size=batch_size,
         crop_size=crop_size,
-        threads=_checks.positive_int("threads", threads or os.cpu_count() or 1),
+        threads=_checks.positive_int(
+            "threads", (os.cpu_count() or 1) if threads is None else threads
+        ),
         device=str(
             _checks.device("device", device or ("cuda" if torch.cuda.is_available() else "cpu"))
         ),

@@ -25,7 +25,7 @@ from dali_relabel.store import LabelMapStore, open_store
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["class_labels", "parse_box", "show_label_map"]
+__all__ = ["class_labels", "parse_box", "picture_path", "show_label_map"]
 
 #: Classes given their own colour (tab10 without its grey); the other cells stay uncoloured.
 _MAX_LEGEND = 9
@@ -46,6 +46,16 @@ def parse_box(text: str | Sequence[float]) -> tuple[float, float, float, float]:
             f"of the image, x to the right, y down), got {text!r}"
         )
     return x1, y1, x2, y2
+
+
+def picture_path(out: str | Path, key: str) -> Path:
+    """Where :func:`show_label_map` writes for ``out``: into an existing folder as
+    ``<key with / as __>.png``; a name without an extension gets ``.png`` (matplotlib
+    would add it silently, and the file would not be where the name says)."""
+    out = Path(out)
+    if out.is_dir():
+        return out / f"{key.replace('/', '__')}.png"
+    return out if out.suffix else out.with_name(out.name + ".png")
 
 
 def class_labels(store: LabelMapStore) -> list[str]:
@@ -89,7 +99,9 @@ def show_label_map(
         key: the sample key, e.g. "n02124075/n02124075_3".
         box: a crop, normalized (x1, y1, x2, y2) or "x1,y1,x2,y2"; draws it and its pooled
             top-5 targets. Default: None.
-        out: write a PNG there. Default: None (only return the figure).
+        out: write the picture there: a file (a name without an extension gets ".png")
+            or an existing folder (see :func:`picture_path`). Default: None (only return
+            the figure).
         alpha: opacity of the class overlay. Default: 0.5.
 
     Returns:
@@ -201,7 +213,7 @@ def show_label_map(
         for side in ("top", "right"):
             bar_ax.spines[side].set_visible(False)
     if out is not None:
-        fig.savefig(out, dpi=110)
+        fig.savefig(picture_path(out, key), dpi=110)
     return fig
 
 
