@@ -8,16 +8,27 @@ Reads are timed from a warm page cache. Paths compared in one run:
   memory        the store held in memory (LabelMapStore.load), a numpy gather
 and the time to load the whole store into memory, extrapolated to ImageNet's 1,281,167.
 
-Usage: python benchmarks/store.py [--samples 4096] [--out runs/bench/store.json]
+What the checksums cost (issue 11): the same maps in a format-2 store (crc32c in every
+chunk, strict reads) and a format-1 store (no chunk checksums, missing data read as
+zeros), in the same run: the whole-store load rate (LabelMapStore.load) and streamed
+reads (read() of random batches, what label_map_memory="stream" does per batch),
+interleaved repetitions in alternating order, medians and their ratio. The difference is
+a few percent, below the noise of one run on a shared machine: about 15 repetitions are
+needed for a stable median.
+
+Usage: python benchmarks/store.py [--samples 4096] [--checksum-samples 16384] [--reps 15]
+       [--out runs/bench/store.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, machine, time_windows
 
 from dali_relabel import LabelMapStore
+from dali_relabel.errors import DaliRelabelWarning
+from dali_relabel.imagenet import imagenet_wnids
 from dali_relabel.labelmaps import convert
+from dali_relabel.store import LabelMapWriter
 from dali_relabel.tools import synthetic_label_map
 
 IMAGENET_TRAIN = 1_281_167
@@ -51,11 +65,75 @@ def _dir_bytes(path: Path) -> int:
     return sum(os.path.getsize(Path(d) / f) for d, _, files in os.walk(path) for f in files)
 
 
+def _checksummed_and_not(root: Path, n: int, seed: int = 0) -> dict[int, Path]:
+    """The same n synthetic maps (k=5, 15x15, float16) written as format 2 and format 1."""
+    rng = np.random.default_rng(seed)
+    maps = np.stack(
+        [
+            synthetic_label_map(int(rng.integers(1000)), rng, k=5, grid=(15, 15), num_classes=1000)
+            for _ in range(n)
+        ]
+    )
+    keys = [f"n{i % 1000:08d}/img_{i:07d}" for i in range(n)]
+    paths = {}
+    for version in (2, 1):
+        path = root / f"format{version}.zarr"
+        writer = LabelMapWriter.create(
+            path,
+            keys,
+            num_classes=1000,
+            k=5,
+            grid=(15, 15),
+            class_names=imagenet_wnids(),
+            _format_version=version,
+        )
+        for start, stop in writer.missing_blocks():
+            writer.write_block(start, maps[start:stop, 0], maps[start:stop, 1].astype(np.int64))
+        writer.finalize()
+        paths[version] = path
+    return paths
+
+
+def _checksum_cost(root: Path, n: int, reps: int, batch: int) -> dict:
+    """Load rate and streamed reads of format 2 against format 1, interleaved."""
+    warnings.simplefilter("ignore", DaliRelabelWarning)  # the format-1 note, once per open
+    paths = _checksummed_and_not(root, n)
+    rng = np.random.default_rng(1)
+    batches = [rng.choice(n, batch, replace=False) for _ in range(32)]
+    stores = {v: LabelMapStore.open(p) for v, p in paths.items()}
+    for store in stores.values():  # warm: page cache, tensorstore opened
+        store.read(np.arange(n))
+    load: dict[int, list[float]] = {1: [], 2: []}
+    stream: dict[int, list[float]] = {1: [], 2: []}
+    for r in range(reps):
+        for version in (1, 2) if r % 2 == 0 else (2, 1):  # alternate who goes first
+            start = time.perf_counter()
+            LabelMapStore.open(paths[version]).load(progress=False)
+            load[version].append(n / (time.perf_counter() - start))
+            start = time.perf_counter()
+            for b in batches:
+                stores[version].read(b)
+            stream[version].append(len(batches) * batch / (time.perf_counter() - start))
+
+    def summary(rates: list[float]) -> dict:
+        return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+
+    result = {"samples": n, "repetitions": reps, "batch": batch}
+    for name, rates in (("load_samples_per_s", load), ("stream_samples_per_s", stream)):
+        result[name] = {"format1_no_checksums": summary(rates[1]), "format2": summary(rates[2])}
+        # time with checksums over time without: 1.05 = 5 % slower
+        result[name]["time_ratio"] = statistics.median(rates[1]) / statistics.median(rates[2])
+    result["bytes_per_sample"] = {f"format{v}": _dir_bytes(p) / n for v, p in paths.items()}
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--windows", type=int, default=7)
+    parser.add_argument("--checksum-samples", type=int, default=16384)
+    parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -108,6 +186,7 @@ def main(argv=None) -> dict:
         base = results["pt"]["samples_per_s"]
         for t in results.values():
             t["ratio_vs_pt"] = t["samples_per_s"] / base
+        checksums = _checksum_cost(tmp, args.checksum_samples, args.reps, args.batch)
 
     load_rate = args.samples / load_s
     return {
@@ -125,10 +204,12 @@ def main(argv=None) -> dict:
             "samples_per_s": load_rate,
             "imagenet_estimate_s": IMAGENET_TRAIN / load_rate,
         },
+        "checksums": checksums,
         "targets": {
             "store_over_pt_at_most": 0.30,
             "reads_samples_per_s_at_least": 50_000,
             "reads_ratio_vs_pt_at_least": 20,
+            "checksum_time_ratio_at_most": 1.05,
         },
     }
 

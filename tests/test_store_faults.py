@@ -221,8 +221,8 @@ def test_damaged_data_is_refused_by_verify_read_and_url_read(store_copy, fault, 
     assert [os.path.relpath(p.path, store_copy) for p in report.problems] == [shard]
     _verify_fails(store_copy, capsys, str(damaged))
 
-    store = LabelMapStore.open(store_copy)
-    with pytest.raises(StoreCorruptError) as error:
+    with pytest.raises(StoreCorruptError) as error:  # at open when a whole file is gone
+        store = LabelMapStore.open(store_copy)
         store.read(np.arange(len(store)))
     assert error.value.path == str(damaged) and str(damaged) in str(error.value)
     with pytest.raises(StoreCorruptError, match=shard):
@@ -230,7 +230,7 @@ def test_damaged_data_is_refused_by_verify_read_and_url_read(store_copy, fault, 
 
     url = _url_copy(store_copy)
     with pytest.raises(StoreCorruptError) as error:
-        LabelMapStore.open(url).read(np.arange(len(store)))
+        LabelMapStore.open(url).read(np.arange(40))
     assert error.value.path == f"{url}/{shard}"
     assert [p.path for p in verify_store(url, progress=False).problems] == [f"{url}/{shard}"]
 
@@ -370,3 +370,14 @@ def test_the_cli_prints_the_format1_note_as_one_line(sample_data, tmp_path, caps
     assert main(["info", str(tmp_path / "v1.zarr")]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dali-relabel info: note: label map store")
+
+
+@pytest.mark.parametrize("name", ["scores", "classes"])
+def test_a_missing_shard_file_is_found_at_open_and_by_info(store_copy, name, capsys):
+    # an incomplete copy: refused before any read (a streaming loader at construction),
+    # and info, which exited 0, says so
+    gone = _delete(name)(store_copy)
+    with pytest.raises(StoreCorruptError, match=rf"1 of 6 shard files are missing .*{name}/c/1"):
+        LabelMapStore.open(store_copy)
+    assert main(["info", str(store_copy)]) == 1
+    assert f"MISSING        1 shard files (first: {gone})" in capsys.readouterr().out

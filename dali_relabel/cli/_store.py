@@ -38,10 +38,17 @@ def add_commands(subparsers) -> None:
 
 
 def _info(args) -> int:
-    from dali_relabel.store import LabelMapStore
+    from dali_relabel.store import LabelMapStore, missing_shard_files
 
-    print(LabelMapStore.open(args.store, allow_incomplete=True).summary())
-    return 0
+    store = LabelMapStore.open(args.store, allow_incomplete=True)
+    print(store.summary())
+    missing = missing_shard_files(store) if store.complete else []
+    if missing:
+        print(
+            f"  MISSING        {len(missing):,} shard files (first: {missing[0]}); run "
+            f"`dali-relabel verify {store.path}`"
+        )
+    return 1 if missing else 0
 
 
 def _listed(title: str, items: list[str], shown: int | None) -> None:

@@ -20,7 +20,12 @@ from dali_relabel.store._format import (
     class_dtype_for,
 )
 from dali_relabel.store._reader import LabelMapStore, open_store
-from dali_relabel.store._verify import ShardProblem, StoreReport, verify_store
+from dali_relabel.store._verify import (
+    ShardProblem,
+    StoreReport,
+    missing_shard_files,
+    verify_store,
+)
 from dali_relabel.store._writer import LabelMapWriter
 
 __all__ = [
@@ -38,6 +43,7 @@ __all__ = [
     "class_dtype_for",
     "compact",
     "find_compacted",
+    "missing_shard_files",
     "open_store",
     "rewrite",
     "verify_store",

@@ -47,10 +47,12 @@ from dali_relabel.store._format import (
     keys_digest,
     legacy_note,
     local_path,
+    shard_count,
 )
 from dali_relabel.store._io import (
     check_shard_index,
     corrupt_error,
+    missing_shards,
     open_group,
     open_tensorstores,
     read_document,
@@ -199,6 +201,16 @@ class LabelMapStore:
                 )
             metadata[name] = doc
         check_arrays(attrs, metadata, path)
+        if version >= 2 and attrs["complete"] and not allow_incomplete:
+            missing = missing_shards(path, shard_count(attrs))
+            if missing:
+                raise StoreCorruptError(
+                    f"label map store {path!r}: {len(missing):,} of {2 * shard_count(attrs):,} "
+                    f"shard files are missing (first: {missing[0]}): an incomplete copy? Copy "
+                    "the store again; `dali-relabel verify` lists every damaged shard",
+                    path=missing[0],
+                    kind="missing",
+                )
         if version < STORE_FORMAT_VERSION:
             warnings.warn(legacy_note(path), DaliRelabelWarning, stacklevel=2)
         try:

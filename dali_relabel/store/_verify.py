@@ -23,6 +23,7 @@ from dali_relabel.store._format import ARRAYS, is_url, local_path, shard_count
 from dali_relabel.store._io import (
     check_shard_index,
     describe_error,
+    missing_shards,
     open_group,
     open_tensorstores,
     shard_key,
@@ -30,7 +31,7 @@ from dali_relabel.store._io import (
 )
 from dali_relabel.store._reader import LabelMapStore
 
-__all__ = ["ShardProblem", "StoreReport", "verify_store"]
+__all__ = ["ShardProblem", "StoreReport", "missing_shard_files", "verify_store"]
 
 # Shards read at once: enough to keep the disk busy, little memory (2 x 8 x 2.4 MB).
 _IN_FLIGHT = 8
@@ -133,6 +134,12 @@ def _read_url(store: LabelMapStore, group: Any, shards: list[int]) -> Iterator[_
                 yield name, s, group[name][s * size : min(n, (s + 1) * size)]
             except ValueError as e:
                 yield name, s, ("corrupt", path, short_detail(str(e)))
+
+
+def missing_shard_files(store: LabelMapStore) -> list[str]:
+    """The shard files of ``store`` that do not exist (local stores; a ``stat`` each, no
+    read): what ``info`` checks, and what opening a finished store refuses."""
+    return missing_shards(store.path, shard_count(store.attrs))
 
 
 def verify_store(
