@@ -11,7 +11,18 @@ import pytest
 from dali_relabel.cli import build_parser, main
 from dali_relabel.store import LabelMapStore
 
-VERBS = {"demo", "sample", "show", "bench", "convert", "generate", "ensemble", "info", "verify"}
+VERBS = {
+    "demo",
+    "sample",
+    "show",
+    "bench",
+    "convert",
+    "generate",
+    "ensemble",
+    "info",
+    "verify",
+    "rewrite",
+}
 
 
 def test_every_verb_is_there():

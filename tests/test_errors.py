@@ -12,11 +12,18 @@ from dali_relabel.store import LabelMapWriter
 BUILTINS = (ValueError, TypeError, KeyError, IndexError, ImportError, OSError, RuntimeError)
 
 
-@pytest.mark.parametrize("name", sorted(set(errors.__all__) - {"DaliRelabelError"}))
+@pytest.mark.parametrize(
+    "name", sorted(set(errors.__all__) - {"DaliRelabelError", "DaliRelabelWarning"})
+)
 def test_every_error_is_the_library_base_and_a_builtin(name):
     cls = getattr(errors, name)
     assert issubclass(cls, DaliRelabelError)
     assert any(issubclass(cls, builtin) for builtin in BUILTINS), name
+
+
+def test_the_warning_is_a_user_warning_not_an_error():
+    assert issubclass(errors.DaliRelabelWarning, UserWarning)
+    assert not issubclass(errors.DaliRelabelWarning, DaliRelabelError)
 
 
 def test_argument_errors_are_caught_either_way(tmp_path):
