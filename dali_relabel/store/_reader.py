@@ -18,7 +18,6 @@ zarr-python and fsspec, each shard's index checked before its data is read.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,94 +26,32 @@ import numpy as np
 
 from dali_relabel.errors import (
     ArgumentTypeError,
-    DaliRelabelWarning,
     KeyNotFoundError,
     SampleIndexError,
     StoreCorruptError,
-    StoreIncompleteError,
-    StoreMismatchError,
     StoreNotFoundError,
 )
 from dali_relabel.store._format import (
     ARRAYS,
-    READABLE_VERSIONS,
     SOURCES,
-    STORE_FORMAT,
-    STORE_FORMAT_VERSION,
-    check_arrays,
-    check_attributes,
     is_url,
     keys_digest,
-    legacy_note,
     local_path,
-    shard_count,
 )
 from dali_relabel.store._io import (
     check_shard_index,
     corrupt_error,
-    missing_shards,
     open_group,
     open_tensorstores,
-    read_document,
     shard_key,
     short_detail,
 )
+from dali_relabel.store._opening import checked_attributes
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LabelMapStore", "open_store", "read_attributes"]
-
-
-def read_attributes(
-    path: str, storage_options: Mapping[str, Any] | None = None
-) -> dict[str, Any] | None:
-    """The group attributes of the store at ``path`` (parsed by this module, so that a
-    damaged ``zarr.json`` is named); None when there is no ``zarr.json``.
-
-    Raises StoreMismatchError when the folder holds a Zarr document that is not a group.
-    """
-    doc = read_document(path, "zarr.json", storage_options)
-    if doc is None:
-        return None
-    if doc.get("node_type") != "group" or doc.get("zarr_format") != 3:
-        raise StoreMismatchError(
-            f"{path!r} is not a Zarr v3 group (zarr.json says zarr_format="
-            f"{doc.get('zarr_format')!r}, node_type={doc.get('node_type')!r}); a label map store "
-            "is one"
-        )
-    attrs = doc.get("attributes", {})
-    if not isinstance(attrs, dict):
-        raise StoreCorruptError(
-            f"{path}/zarr.json: attributes are a {type(attrs).__name__}, not an object",
-            path=f"{path}/zarr.json",
-        )
-    return attrs
-
-
-def _check_version(attrs: Mapping[str, Any], path: str) -> int:
-    if attrs.get("format") != STORE_FORMAT:
-        raise StoreMismatchError(
-            f"{path!r} is a Zarr group but not a dali_relabel label map store "
-            f"(attribute format={attrs.get('format')!r}, expected {STORE_FORMAT!r})"
-        )
-    version = attrs.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise StoreMismatchError(
-            f"label map store {path!r}: attribute format_version={version!r} is not an integer; "
-            "the store's zarr.json was edited or damaged. Restore it, or write the store again"
-        )
-    if version > STORE_FORMAT_VERSION:
-        raise StoreMismatchError(
-            f"label map store {path!r} has format_version={version}, newer than this "
-            f"dali_relabel reads ({STORE_FORMAT_VERSION}); upgrade dali_relabel"
-        )
-    if version not in READABLE_VERSIONS:
-        raise StoreMismatchError(
-            f"label map store {path!r} has format_version={version}; this dali_relabel reads "
-            f"versions {', '.join(map(str, READABLE_VERSIONS))}"
-        )
-    return version
+__all__ = ["LabelMapStore", "open_store"]
 
 
 class LabelMapStore:
@@ -165,54 +102,9 @@ class LabelMapStore:
         """
         import zarr
 
-        path = str(path_or_url)
-        if not is_url(path):
-            where = Path(local_path(path))
-            if not (where / "zarr.json").is_file():
-                what = "does not exist" if not where.exists() else "has no zarr.json"
-                raise StoreNotFoundError(
-                    f"label map store {path!r} {what}; create one with `dali-relabel convert` "
-                    "or `dali-relabel generate`"
-                )
-            # Absolute from here on: a later chdir must not move the store.
-            path = str(where.resolve())
-        attrs = read_attributes(path, storage_options)
-        if attrs is None:
-            raise StoreNotFoundError(
-                f"no label map store at {path!r} (no zarr.json); create one with "
-                "`dali-relabel convert`"
-            )
-        version = _check_version(attrs, path)
-        check_attributes(attrs, path)
-        if not attrs["complete"] and not allow_incomplete:
-            raise StoreIncompleteError(
-                f"label map store {path!r} is incomplete: its writing was interrupted. Run the "
-                "same `dali-relabel convert`/`generate` command again to finish it"
-            )
-        metadata = {}
-        for name in (*ARRAYS, "keys"):
-            doc = read_document(path, f"{name}/zarr.json", storage_options)
-            if doc is None:
-                raise StoreCorruptError(
-                    f"label map store {path!r} has no {name} array ({path}/{name}/zarr.json is "
-                    "missing): an incomplete copy? Copy the store again, or write it again",
-                    path=f"{path}/{name}/zarr.json",
-                    kind="missing",
-                )
-            metadata[name] = doc
-        check_arrays(attrs, metadata, path)
-        if version >= 2 and attrs["complete"] and not allow_incomplete:
-            missing = missing_shards(path, shard_count(attrs))
-            if missing:
-                raise StoreCorruptError(
-                    f"label map store {path!r}: {len(missing):,} of {2 * shard_count(attrs):,} "
-                    f"shard files are missing (first: {missing[0]}): an incomplete copy? Copy "
-                    "the store again; `dali-relabel verify` lists every damaged shard",
-                    path=missing[0],
-                    kind="missing",
-                )
-        if version < STORE_FORMAT_VERSION:
-            warnings.warn(legacy_note(path), DaliRelabelWarning, stacklevel=2)
+        path, attrs = checked_attributes(
+            path_or_url, allow_incomplete=allow_incomplete, storage_options=storage_options
+        )
         try:
             group = open_group(path, "r", storage_options)
         except (FileNotFoundError, zarr.errors.NodeTypeValidationError) as e:

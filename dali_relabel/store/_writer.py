@@ -41,7 +41,8 @@ from dali_relabel.store._format import (
     source_shape,
 )
 from dali_relabel.store._io import open_tensorstores, read_document, write_group_document
-from dali_relabel.store._reader import LabelMapStore, read_attributes
+from dali_relabel.store._opening import read_attributes
+from dali_relabel.store._reader import LabelMapStore
 
 __all__ = ["LabelMapWriter"]
 
