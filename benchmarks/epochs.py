@@ -35,46 +35,15 @@ PATHS = ("dali", "relabel")
 
 
 def _plain_dali(root: str, args):
-    from nvidia.dali import fn, pipeline_def, types
-    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+    from dali_relabel.tools import plain_dali_iterator
 
-    gpu = args.device == "cuda"
-
-    @pipeline_def
-    def plain():
-        jpegs, labels = fn.readers.file(file_root=root, random_shuffle=True, name="reader")
-        images = fn.decoders.image_random_crop(
-            jpegs,
-            device="mixed" if gpu else "cpu",
-            output_type=types.RGB,
-            random_area=[0.08, 1.0],
-            random_aspect_ratio=[3 / 4, 4 / 3],
-        )
-        images = fn.resize(images, resize_x=args.crop_size, resize_y=args.crop_size)
-        images = fn.crop_mirror_normalize(
-            images,
-            dtype=types.FLOAT,
-            output_layout="CHW",
-            mean=[0.485 * 255, 0.456 * 255, 0.406 * 255],
-            std=[0.229 * 255, 0.224 * 255, 0.225 * 255],
-            mirror=fn.random.coin_flip(),
-        )
-        return images, labels
-
-    pipe = plain(
+    return plain_dali_iterator(
+        root,
         batch_size=args.batch_size,
-        num_threads=args.threads,
-        device_id=0 if gpu else None,
-        seed=0,
-        prefetch_queue_depth=2,
-    )
-    pipe.build()
-    return DALIGenericIterator(
-        pipe,
-        ["images", "labels"],
-        reader_name="reader",
-        last_batch_policy=LastBatchPolicy.PARTIAL,
-        auto_reset=True,
+        threads=args.threads,
+        device=args.device,
+        crop_size=args.crop_size,
+        drop_last=False,
     )
 
 
@@ -123,7 +92,7 @@ def main(argv=None) -> int:
     import torch
 
     from dali_relabel.labelmaps import convert
-    from dali_relabel.tools._sample import make_sample_data
+    from dali_relabel.tools import make_sample_data
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)

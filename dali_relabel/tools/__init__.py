@@ -13,6 +13,7 @@ package is missing.
 from __future__ import annotations
 
 from dali_relabel.tools._bench import PATHS, benchmark_throughput, machine, throughput_table
+from dali_relabel.tools._bench_paths import plain_dali_iterator
 from dali_relabel.tools._demo import run_demo
 from dali_relabel.tools._sample import (
     PHOTOS,
@@ -34,6 +35,7 @@ __all__ = [
     "make_sample_data",
     "parse_box",
     "picture_path",
+    "plain_dali_iterator",
     "run_demo",
     "show_label_map",
     "synthetic_label_map",

@@ -122,17 +122,23 @@ def _torchvision_loader(data, store, args):
     return batches()
 
 
-def _dali_loader(data, store, args):
+def plain_dali_iterator(
+    root: str, *, batch_size: int, threads: int, device: str, crop_size: int, drop_last: bool
+):
+    """The peer every loader is measured against: a plain DALI pipeline, no ReLabel.
+
+    ``readers.file`` over the ImageFolder ``root`` (shuffled), ``decoders.image_random_crop``
+    ("mixed" on CUDA), resize, normalize, random mirror, behind DALI's PyTorch iterator
+    reset at each epoch's end, as DALI's ImageNet example does.
+    """
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-    gpu = args.device == "cuda"
+    gpu = device == "cuda"
 
     @pipeline_def
     def plain():
-        jpegs, labels = fn.readers.file(
-            file_root=str(data.train), random_shuffle=True, name="reader"
-        )
+        jpegs, labels = fn.readers.file(file_root=str(root), random_shuffle=True, name="reader")
         images = fn.decoders.image_random_crop(
             jpegs,
             device="mixed" if gpu else "cpu",
@@ -140,7 +146,7 @@ def _dali_loader(data, store, args):
             random_area=[0.08, 1.0],
             random_aspect_ratio=[3 / 4, 4 / 3],
         )
-        images = fn.resize(images, resize_x=args.crop_size, resize_y=args.crop_size)
+        images = fn.resize(images, resize_x=crop_size, resize_y=crop_size)
         images = fn.crop_mirror_normalize(
             images,
             dtype=types.FLOAT,
@@ -152,19 +158,30 @@ def _dali_loader(data, store, args):
         return images, labels
 
     pipe = plain(
-        batch_size=args.batch_size,
-        num_threads=args.threads,
+        batch_size=batch_size,
+        num_threads=threads,
         device_id=0 if gpu else None,
         seed=0,
         prefetch_queue_depth=2,
     )
     pipe.build()
-    iterator = DALIGenericIterator(
+    return DALIGenericIterator(
         pipe,
         ["images", "labels"],
         reader_name="reader",
-        last_batch_policy=LastBatchPolicy.DROP,
+        last_batch_policy=LastBatchPolicy.DROP if drop_last else LastBatchPolicy.PARTIAL,
         auto_reset=True,
+    )
+
+
+def _dali_loader(data, store, args):
+    iterator = plain_dali_iterator(
+        data.train,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        device=args.device,
+        crop_size=args.crop_size,
+        drop_last=True,
     )
 
     def batches():
