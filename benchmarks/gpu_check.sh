@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's GPU check: GPU tests, the LabelPooling benchmark, the decoder question and
-# the throughput benchmark at batch 256, plus the example trainer and generate on CUDA, in a
-# few minutes, JSON under OUT_DIR.
+# the throughput benchmark at batch 256, plus the example trainer, generate and the epoch
+# benchmark on CUDA, in a few minutes, JSON under OUT_DIR.
 #
 # Usage: benchmarks/gpu_check.sh OUT_DIR
 # Run from the repository root with dali_relabel importable (PYTHONPATH=$PWD) and DALI,
@@ -39,4 +39,6 @@ step generate 150 bash -c "$py -m dali_relabel.cli sample '$out/sample' --images
 rm -rf "$out/sample"
 step throughput 200 "$py" benchmarks/throughput.py --device cuda --batch-size 256 \
     --images-per-class 160 --windows 3 --window-batches 4 --warmup-batches 3 --out-dir "$out"
+step epochs 120 "$py" benchmarks/epochs.py --device cuda --batch-size 256 \
+    --batches-per-epoch 3 --threads 16 --out "$out/epochs.json"
 exit $status
