@@ -88,10 +88,9 @@ def lite0():
 
 @pytest.fixture(scope="module")
 def store(images, lite0, tmp_path_factory) -> LabelMapStore:
+    """generate's defaults: Lite0 at its own input size, 224 (RES)."""
     out = tmp_path_factory.mktemp("gen") / "maps.zarr"
-    return generate_label_maps(
-        images, out, lite0, resolution=RES, batch_size=4, workers=1, progress=False
-    )
+    return generate_label_maps(images, out, lite0, batch_size=4, workers=1, progress=False)
 
 
 def _maps(store: LabelMapStore):
@@ -135,6 +134,26 @@ def test_store_records_teacher_and_parameters(store):
     assert np.all(np.diff(scores.astype(np.float32), axis=1) <= 0)  # best first in every cell
     for cell in classes.transpose(0, 2, 3, 1).reshape(-1, 5):
         assert len(set(cell.tolist())) == 5
+
+
+def test_defaults_run_the_teacher_at_its_own_size_and_grid_asks_for_n_by_n(
+    store, images, tmp_path, lite0
+):
+    assert store.provenance["resolution"] == RES == lite0.resolution
+    assert store.grid == (RES // 32, RES // 32)
+    five = generate_label_maps(
+        images, tmp_path / "g5.zarr", lite0, grid=5, workers=0, progress=False
+    )
+    assert five.grid == (5, 5) and five.provenance["resolution"] == 5 * 32
+    at_160 = generate_label_maps(
+        images, tmp_path / "r160.zarr", lite0, resolution=160, workers=0, progress=False
+    )
+    for a, b in zip(_maps(five), _maps(at_160), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="pass resolution or grid, not both"):
+        generate_label_maps(images, tmp_path / "x.zarr", lite0, resolution=160, grid=5)
+    with pytest.raises(ValueError, match="grid must be a positive int, got 0"):
+        generate_label_maps(images, tmp_path / "x.zarr", lite0, grid=0)
 
 
 def test_maps_equal_the_teachers_dense_logits(store, images, lite0):
@@ -268,6 +287,48 @@ def test_two_teachers_average_on_the_finer_grid(images, tmp_path, lite0):
     scores, classes = out.read([out.index(key)])
     np.testing.assert_allclose(scores[0], want.values.numpy(), rtol=1e-3, atol=1e-2)
     assert (classes[0] == want.indices.numpy()).mean() > 0.98  # float16 near-ties aside
+
+
+def test_teachers_of_different_own_sizes_each_run_at_theirs(images, tmp_path, lite0):
+    # Lite0 at its 224 (7x7) and a stride-16 teacher at its 160 (10x10): each at its own
+    # size, Lite0's map resampled to the finer 10x10 grid before the mean.
+    small = dense_teacher(_Stride16().eval(), name="stride16", resolution=160)
+    out = generate_label_maps(
+        images, tmp_path / "own.zarr", [lite0, small], k=4, workers=0, progress=False
+    )
+    assert out.grid == (10, 10)
+    assert [(t["resolution"], t["grid"]) for t in out.provenance["teachers"]] == [
+        (224, [7, 7]),
+        (160, [10, 10]),
+    ]
+    key = "n02124075/composite"
+    image = decode_image(images / f"{key}.JPEG")
+    x224 = resize_square(image, 224).float()[None] / 255
+    x160 = resize_square(image, 160).float()[None] / 255
+    with torch.inference_mode():
+        a = F.interpolate(lite0(x224).double(), size=(10, 10), mode="bilinear", align_corners=False)
+        want = ((a + small(x160).double()) / 2)[0].topk(4, dim=0)
+    scores, classes = out.read([out.index(key)])
+    np.testing.assert_allclose(scores[0], want.values.numpy(), rtol=1e-3, atol=1e-2)
+    assert (classes[0] == want.indices.numpy()).mean() > 0.98  # float16 near-ties aside
+    # grid=N: N x N from every teacher, each at N x its own stride.
+    both = generate_label_maps(
+        images, tmp_path / "g6.zarr", [lite0, small], grid=6, workers=0, progress=False
+    )
+    assert [t["resolution"] for t in both.provenance["teachers"]] == [192, 96]
+    assert both.grid == (6, 6)
+
+
+def test_grid_that_a_teacher_cannot_give_is_refused(images, tmp_path):
+    odd = _Stride16()
+    odd.features = nn.Sequential(nn.Conv2d(3, 16, 33, stride=32), nn.ReLU())  # no padding
+    teacher = dense_teacher(odd.eval(), name="unpadded")
+    with pytest.raises(
+        ValueError,
+        match=r"'unpadded' gives a \d+x\d+ map at \d+ px .* not the "
+        r"4x4 asked for; pass resolution=",
+    ):
+        generate_label_maps(images, tmp_path / "odd.zarr", teacher, grid=4, progress=False)
 
 
 class _Stride32(_Stride16):

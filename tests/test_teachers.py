@@ -47,7 +47,33 @@ def test_lite0_dense_map_mean_is_the_models_logits(lite0, photo, label):
     torch.testing.assert_close(dense.mean(dim=(2, 3)), logits, atol=2e-4, rtol=1e-4)
     assert int(logits.argmax()) == label
     assert lite0.name == DEFAULT_TEACHER and lite0.stride == 32
-    assert lite0.default_resolution == 480 and lite0.grid(480) == (15, 15)
+    assert lite0.grid(480) == (15, 15)
+
+
+def test_teachers_know_the_input_size_of_their_weights(lite0, tmp_path):
+    # EfficientNet-Lite0 was trained at 224 (tensorflow/tpu efficientnet/lite: 224 x 224).
+    assert lite0.resolution == 224 and lite0.grid(lite0.resolution) == (7, 7)
+    # torchvision: the crop size of the weights' evaluation preset (240 for B1, not 224).
+    torch.manual_seed(0)
+    path = tmp_path / "b1.pth"
+    torch.save(torchvision.models.efficientnet_b1().state_dict(), path)
+    b1 = load_teacher("efficientnet_b1", checkpoint=path)
+    preset = torchvision.models.get_model_weights("efficientnet_b1").DEFAULT.transforms()
+    assert b1.resolution == preset.crop_size[0] == 240
+    # A module that records nothing: ImageNet's usual 224; or what the caller says.
+    plain = torchvision.models.resnet18(num_classes=10).eval()
+    assert dense_teacher(plain, weights_sha256="0" * 64).resolution == 224
+    assert dense_teacher(plain, weights_sha256="0" * 64, resolution=288).resolution == 288
+
+
+def test_timm_teachers_take_the_pretrained_cfg_input_size(tmp_path):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("resnet10t", pretrained=False).eval()
+    want = model.pretrained_cfg["input_size"][-1]
+    assert want != 224  # 176: a test that a fixed 224 would fail
+    assert dense_teacher(model, weights_sha256="0" * 64).resolution == want
+    torch.save(model.state_dict(), tmp_path / "r10t.pth")
+    assert load_teacher("timm:resnet10t", checkpoint=tmp_path / "r10t.pth").resolution == want
 
 
 def test_lite0_normalization_is_inception_style(lite0):

@@ -48,10 +48,11 @@ def add_commands(subparsers) -> None:
         "generate",
         help="label maps of an ImageFolder tree from pretrained classifiers",
         description="Run a classifier made fully convolutional (global pooling dropped, final "
-        "layer at every position) on every image resized to RxR and store the top-k classes "
-        "per cell (ReLabel's recipe). Several --teacher options average an ensemble. "
-        "Resumable: run the same command again after an interruption. Weights are read "
-        "from local files only.",
+        "layer at every position) on every image resized to the teacher's own input size "
+        "(or --resolution, or --grid) and store the top-k classes per cell (ReLabel's "
+        "recipe). Several --teacher options average an ensemble. Resumable: run the same "
+        "command again after an interruption. Weights are read from local files only. Ends "
+        "with the store's headline figures (see `dali-relabel report`).",
     )
     p.add_argument("images", help="ImageFolder tree: class folders with images (e.g. train/)")
     p.add_argument("out", help="label map store to write")
@@ -68,10 +69,19 @@ def add_commands(subparsers) -> None:
         help="local weights file; repeat once per --teacher, 'default' for a teacher's own "
         "weights. Default: the shipped file, or torchvision's/timm's local cache",
     )
-    p.add_argument(
+    size = p.add_mutually_exclusive_group()
+    size.add_argument(
         "--resolution",
         type=int,
-        help="input size; default: 15 x the teacher's stride (480 at stride 32, a 15x15 grid)",
+        help="input size of every teacher; default: each teacher's own (224 for "
+        "efficientnet_lite0; the grid is resolution / stride: 7x7)",
+    )
+    size.add_argument(
+        "--grid",
+        type=int,
+        metavar="N",
+        help="an N x N map: each teacher runs at N x its stride (15 gives ReLabel's 15x15, "
+        "480 px at stride 32; far above a teacher's own size its targets get flat)",
     )
     p.add_argument("--topk", type=int, default=DEFAULT_TOPK, help="classes per cell; default: 5")
     p.add_argument("--scores", choices=SCORE_KINDS, default="logits", help="default: logits")
@@ -154,6 +164,7 @@ def _generate(args) -> int:
         **teacher,
         checkpoint=checkpoints if len(checkpoints) > 1 else checkpoints[0],
         resolution=args.resolution,
+        grid=args.grid,
         k=args.topk,
         scores=args.scores,
         batch_size=args.batch_size,

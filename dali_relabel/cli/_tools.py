@@ -23,7 +23,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--steps", type=int, default=300, help="Default: 300")
     p.add_argument("--batch-size", type=int, default=32, help="Default: 32")
     p.add_argument("--crop-size", type=int, default=96, help="Default: 96")
-    p.add_argument("--resolution", type=int, default=224, help="teacher input. Default: 224")
+    p.add_argument(
+        "--resolution", type=int, help="teacher input size. Default: the teacher's own (224)"
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.set_defaults(func=_demo)
 
@@ -88,7 +90,7 @@ def _demo(args) -> int:
     from dali_relabel.tools import run_demo
 
     for name in ("images_per_class", "steps", "batch_size", "crop_size", "resolution"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ArgumentError(
                 f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
             )

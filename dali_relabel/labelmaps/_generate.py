@@ -3,9 +3,12 @@
 ReLabel's recipe (Yun et al., CVPR 2021, appendix): resize each whole training image to
 the teacher's resolution (475x475 for EfficientNet-L2), run the classifier with its
 global pooling dropped and its final layer applied at every position (:mod:`._teachers`),
-and keep the top-k classes of every cell. Several teachers make an ensemble: their dense
-scores are resampled to one grid and averaged per cell before the top-k
-(:mod:`._ensemble` does the same from stores).
+and keep the top-k classes of every cell. Each teacher runs at the input size its weights
+were trained at unless told otherwise, so the grid follows from the teacher (resolution /
+stride: 7x7 for EfficientNet-Lite0 at 224); far above that size a classifier's logits
+weaken and the targets turn nearly uniform. Several teachers make an ensemble: their
+dense scores are resampled to one grid (the finest) and averaged per cell before the
+top-k (:mod:`._ensemble` does the same from stores).
 
 Decoding (PIL with torchvision's resize, or DALI; :mod:`._decode`) runs in DataLoader
 workers while the teacher computes, and finished store blocks are written by a
@@ -118,6 +121,27 @@ def _as_teachers(teacher, features, classifier, checkpoint) -> list[DenseTeacher
     return out
 
 
+def _resolutions(
+    teachers: Sequence[DenseTeacher], resolution: int | None, grid: int | None
+) -> list[int]:
+    """Each teacher's input size: the one given, N x its stride for ``grid=N``, else its own."""
+    if resolution is not None:
+        return [resolution] * len(teachers)
+    if grid is not None:
+        return [grid * t.stride for t in teachers]
+    return [t.resolution for t in teachers]
+
+
+def _check_grids(teachers, resolutions, grids, grid: int) -> None:
+    for t, r, g in zip(teachers, resolutions, grids, strict=True):
+        if tuple(g) != (grid, grid):
+            raise TeacherError(
+                f"teacher {t.name!r} gives a {g[0]}x{g[1]} map at {r} px ({grid} x its stride "
+                f"{t.stride}), not the {grid}x{grid} asked for; pass resolution= (--resolution) "
+                "instead"
+            )
+
+
 def _default_device() -> str:
     import torch
 
@@ -133,6 +157,7 @@ def generate_label_maps(
     classifier: Any = None,
     checkpoint: str | Path | Sequence[str | Path | None] | None = None,
     resolution: int | None = None,
+    grid: int | None = None,
     k: int = DEFAULT_TOPK,
     scores: str = "logits",
     batch_size: int = 32,
@@ -164,8 +189,14 @@ def generate_label_maps(
         classifier: for a module teacher, the layers after global pooling. Default: found.
         checkpoint: weights file of a named teacher, or one per teacher ("default" or
             None for a teacher's own weights). Default: None.
-        resolution: the square size every image is resized to. Default: each teacher's
-            15 * stride (480 at stride 32), which gives ReLabel's 15x15 grid.
+        resolution: the square size every image is resized to, for every teacher.
+            Default: each teacher's own input size (:attr:`DenseTeacher.resolution`: 224
+            for EfficientNet-Lite0 and most torchvision weights), so the grid is
+            resolution / stride cells a side; teachers of different sizes are each run at
+            their own and their maps resampled to the finest grid.
+        grid: ask for an N x N map instead: each teacher runs at N * its stride (ReLabel's
+            15x15 is ``grid=15``: 480 px at stride 32). Above a teacher's own size its
+            targets get flatter. Not with ``resolution``. Default: None.
         k: classes kept per cell. Default: 5.
         scores: "logits", or "probabilities" (softmax over classes per cell before the
             top-k); an ensemble averages scores of this kind. Default: "logits".
@@ -198,8 +229,15 @@ def generate_label_maps(
             "cannot decode"
         )
     _checks.positive_int("batch_size", batch_size)
+    if resolution is not None and grid is not None:
+        raise ArgumentError(
+            f"pass resolution or grid, not both (got resolution={resolution}, grid={grid}): "
+            "grid=N runs each teacher at N x its stride"
+        )
     if resolution is not None and _checks.positive_int("resolution", resolution) < 16:
         raise ArgumentError(f"resolution must be >= 16 pixels, got {resolution}")
+    if grid is not None:
+        _checks.positive_int("grid", grid)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     workers = _checks.at_least("workers", workers, 0)
     out = Path(out)
@@ -219,9 +257,11 @@ def generate_label_maps(
     n_classes = teachers[0].num_classes
     if not 1 <= k <= n_classes:
         raise ArgumentError(f"k must be in [1, {n_classes}], got {k}")
-    resolutions = [resolution or t.default_resolution for t in teachers]
+    resolutions = _resolutions(teachers, resolution, grid)
     grids = [t.grid(r) for t, r in zip(teachers, resolutions, strict=True)]
-    grid = (max(g[0] for g in grids), max(g[1] for g in grids))
+    if grid is not None:
+        _check_grids(teachers, resolutions, grids, grid)
+    out_grid = (max(g[0] for g in grids), max(g[1] for g in grids))
 
     described = [
         {
@@ -238,7 +278,7 @@ def generate_label_maps(
     provenance: dict[str, Any] = {
         "source": "dali-relabel generate",
         **described[0],
-        "grid": list(grid),
+        "grid": list(out_grid),
         "k": k,
         "score_kind": scores,
         "decoder": decoder,
@@ -257,7 +297,7 @@ def generate_label_maps(
     params: dict[str, Any] = {
         "num_classes": n_classes,
         "k": k,
-        "grid": grid,
+        "grid": out_grid,
         "score_dtype": score_dtype,
         "score_kind": scores,
         "class_names": imagenet_wnids() if n_classes == IMAGENET_NUM_CLASSES else None,
@@ -298,7 +338,7 @@ def generate_label_maps(
                     x = [imgs[sizes.index(r)] for r in resolutions]
                     x = [im[ok] if not bool(ok.all()) else im for im in x]
                     x = [im.to(device, non_blocking=True) for im in x]
-                    dense = _dense_scores(teachers, x, grid, scores)
+                    dense = _dense_scores(teachers, x, out_grid, scores)
                     top = dense.topk(k, dim=1)
                     values = top.values.float().cpu().numpy()
                     classes = top.indices.to(torch.int32).cpu().numpy()

