@@ -32,6 +32,7 @@ from dali_relabel.labelmaps import (
     dense_teacher,
     file_sha256,
     generate_label_maps,
+    label_map_report,
     load_teacher,
     resize_square,
 )
@@ -154,6 +155,50 @@ def test_defaults_run_the_teacher_at_its_own_size_and_grid_asks_for_n_by_n(
         generate_label_maps(images, tmp_path / "x.zarr", lite0, resolution=160, grid=5)
     with pytest.raises(ValueError, match="grid must be a positive int, got 0"):
         generate_label_maps(images, tmp_path / "x.zarr", lite0, grid=0)
+
+
+def _folder_agreement_reference(data, lite0, resolution: int) -> float:
+    """How often the full-image target's top class is the folder's, in float64: Lite0's
+    dense logits at ``resolution``, top-5 per cell, densified, averaged, softmaxed."""
+    x = torch.stack(
+        [resize_square(decode_image(data.train / f"{key}.JPEG"), resolution) for key in data.keys]
+    )
+    with torch.inference_mode():
+        dense = lite0(x.float() / 255).double()
+    top = dense.topk(5, dim=1)
+    sparse = torch.zeros_like(dense).scatter_(1, top.indices, top.values)
+    predicted = sparse.mean(dim=(2, 3)).softmax(dim=1).argmax(dim=1)
+    return float((predicted == torch.tensor(data.labels)).double().mean())
+
+
+@pytest.mark.slow
+def test_defaults_give_sharp_targets_on_the_sample_photos(sample_data, lite0, tmp_path):
+    kwargs = dict(batch_size=20, workers=0, progress=False)
+    store = generate_label_maps(sample_data.train, tmp_path / "d.zarr", lite0, **kwargs)
+    report = label_map_report(store, sample_data.train)
+    assert report.mean_top1 >= 0.3 and not report.flat
+    # At least the agreement the demo measured with its explicit 224 px, recomputed here
+    # (one image of slack for float16 near-ties in the store).
+    demo = _folder_agreement_reference(sample_data, lite0, 224)
+    got = report.figures()["full_image"]["folder_agreement"]
+    assert got >= demo - 1 / len(sample_data.keys)
+
+    # The old default, 15 x stride = 480 px, on two images per class: flat, and no better.
+    few = tmp_path / "few"
+    for key in sample_data.keys:
+        if key.endswith(("_0", "_1")):
+            (few / key).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(sample_data.train / f"{key}.JPEG", few / f"{key}.JPEG")
+    old = label_map_report(
+        generate_label_maps(few, tmp_path / "o.zarr", lite0, grid=15, **kwargs), few
+    )
+    new = label_map_report(store, few)  # the same ten images from the default store
+    assert old.grid == (15, 15) and old.flat and old.warning() is not None
+    assert new.mean_top1 > 3 * old.mean_top1
+    assert (
+        new.figures()["full_image"]["folder_agreement"]
+        >= old.figures()["full_image"]["folder_agreement"]
+    )
 
 
 def test_maps_equal_the_teachers_dense_logits(store, images, lite0):
@@ -481,7 +526,14 @@ def test_cli_generate_and_its_errors(images, tmp_path, capsys, with_bad_image):
     out = tmp_path / "cli.zarr"
     args = ["generate", str(images), str(out), "--resolution", "64", "--workers", "0", "--quiet"]
     assert main(args) == 0
-    assert "wrote label maps of 6 images" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote label maps of 6 images" in printed
+    # The report's headline closes the run, with the folder agreement (generate knows it).
+    assert "targets: top-1 probability" in printed and "% of cells" in printed
+    with pytest.raises(SystemExit) as exited:
+        main(["generate", str(images), str(out), "--resolution", "64", "--grid", "2"])
+    assert exited.value.code == 2
+    assert "not allowed with argument --resolution" in capsys.readouterr().err
 
     assert main(["generate", str(images), str(tmp_path / "x"), "--teacher", "resnet5"]) == 1
     err = capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from dali_relabel.cli._store import print_headline
 from dali_relabel.constants import DEFAULT_TOPK
 from dali_relabel.labelmaps import DECODERS, LAYOUTS
 from dali_relabel.store import DEFAULT_SHARD_SIZE, SCORE_KINDS
@@ -17,7 +18,8 @@ def add_commands(subparsers) -> None:
         help="official ReLabel .pt tree -> label map store",
         description="Convert a tree of official ReLabel label maps (<wnid>/<stem>.pt, "
         "[2, k, H, W]) or dense maps ([C, H, W]) into a Zarr label map store. "
-        "Resumable: run the same command again after an interruption.",
+        "Resumable: run the same command again after an interruption. Ends with the "
+        "store's headline figures (see `dali-relabel report`).",
     )
     p.add_argument("src", help="folder of .pt label maps")
     p.add_argument("out", help="store to write (a folder, e.g. relabel.zarr)")
@@ -40,6 +42,11 @@ def add_commands(subparsers) -> None:
     p.add_argument("--topk", type=int, default=5, help="k kept from dense maps. Default: 5")
     p.add_argument(
         "--float32", action="store_true", help="store scores as float32 (default float16)"
+    )
+    p.add_argument(
+        "--images",
+        help="the ImageFolder tree the maps label: the closing figures then include how often "
+        "the targets' top class is the folder's. Default: none",
     )
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help=argparse.SUPPRESS)
     p.set_defaults(func=_convert)
@@ -148,6 +155,7 @@ def _convert(args) -> int:
         shard_size=args.shard_size,
     )
     print(store.summary())
+    print_headline(store, args.images)
     return 0
 
 
@@ -182,6 +190,7 @@ def _generate(args) -> int:
         else ""
     )
     print(f"wrote label maps of {len(store):,} images to {store.path}{note}")
+    print_headline(store, args.images)
     return 0
 
 

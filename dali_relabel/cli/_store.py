@@ -1,11 +1,15 @@
-"""Verbs that look at a label-map store: ``info``, ``verify``, ``rewrite``."""
+"""Verbs that look at a label-map store: ``info``, ``verify``, ``rewrite``, ``report``."""
 
 from __future__ import annotations
 
-__all__ = ["add_commands"]
+import sys
+
+__all__ = ["add_commands", "print_headline"]
 
 
 def add_commands(subparsers) -> None:
+    from dali_relabel.labelmaps import DEFAULT_SAMPLES
+
     p = subparsers.add_parser("info", help="print a summary of a label map store")
     p.add_argument("store")
     p.set_defaults(func=_info)
@@ -35,6 +39,33 @@ def add_commands(subparsers) -> None:
     p.add_argument("out", help="the new store's folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_rewrite)
+
+    p = subparsers.add_parser(
+        "report",
+        help="how sharp a store's targets are and how often they agree with the folder labels",
+        description="On a random sample of the store's images: the top-1 probability and "
+        "the entropy of the targets the loader makes (relabel_targets) for the full image "
+        "and for one RandomResizedCrop per image (the loader's scale and ratio ranges), "
+        "and with --images how often their top class, and each cell's, is the folder's "
+        "class. Printed as a table; --json and -o write JSON and a PNG of the histograms. "
+        "Warns when the targets are flat.",
+    )
+    p.add_argument("store")
+    p.add_argument(
+        "--images",
+        help="the ImageFolder tree the store labels: gives the folder agreement and the "
+        "crops' image sizes. Default: none (no agreement; crops on square images)",
+    )
+    p.add_argument("-o", "--out", help="PNG to write (histograms; needs the [tools] extra)")
+    p.add_argument("--json", help="JSON to write")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        help=f"images sampled. Default: {DEFAULT_SAMPLES} (all when the store has fewer)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample and crops. Default: 0")
+    p.set_defaults(func=_report)
 
 
 def _info(args) -> int:
@@ -92,3 +123,41 @@ def _rewrite(args) -> int:
     store = rewrite(args.store, args.out, progress=not args.quiet)
     print(f"wrote {len(store):,} label maps in format {store.format_version} to {store.path}")
     return 0
+
+
+def _report(args) -> int:
+    import json
+
+    from dali_relabel.labelmaps import label_map_report
+
+    report = label_map_report(
+        args.store, args.images, samples=args.samples, seed=args.seed, progress=True
+    )
+    print(report.table())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report.to_dict(), f, indent=2)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    if args.out:
+        from dali_relabel.tools import draw_report
+
+        draw_report(report, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def print_headline(store, images) -> None:
+    """The report's headline figures after a store is written, and the warning when flat.
+
+    Args:
+        store: the finished store.
+        images: its image folder, or None (no folder agreement).
+    """
+    from dali_relabel.labelmaps import label_map_report
+
+    report = label_map_report(store, images)
+    print(report.headline())
+    warning = report.warning()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)

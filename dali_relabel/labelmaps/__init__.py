@@ -6,7 +6,9 @@
 - :func:`ensemble_label_maps`: several stores averaged per cell (:func:`densify`,
   :func:`resample`);
 - :func:`convert`: the official ReLabel release (``.pt`` files) into a store;
-- :func:`verify_keys`: a store's keys against an image folder.
+- :func:`verify_keys`: a store's keys against an image folder;
+- :func:`label_map_report`: how sharp a store's targets are and how often they agree
+  with the folder labels (:class:`LabelMapReport`).
 
 Names load on first use, so that the command line and a loader-only job do not import
 the teachers (torch models, the EfficientNet packages of the ``[tools]`` extra).
@@ -20,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "DECODERS",
+    "DEFAULT_SAMPLES",
     "DEFAULT_TEACHER",
     "LAYOUTS",
     "DenseTeacher",
     "KeyReport",
+    "LabelMapReport",
     "convert",
     "decode_image",
     "dense_teacher",
@@ -32,6 +36,7 @@ __all__ = [
     "file_sha256",
     "find_label_map_files",
     "generate_label_maps",
+    "label_map_report",
     "load_label_map_file",
     "load_teacher",
     "resample",
@@ -59,6 +64,9 @@ _LAZY = {
     "load_label_map_file": "_convert",
     "KeyReport": "_verify",
     "verify_keys": "_verify",
+    "DEFAULT_SAMPLES": "_report",
+    "LabelMapReport": "_report",
+    "label_map_report": "_report",
 }
 
 if TYPE_CHECKING:
@@ -71,6 +79,11 @@ if TYPE_CHECKING:
     from dali_relabel.labelmaps._decode import DECODERS, decode_image, resize_square
     from dali_relabel.labelmaps._ensemble import densify, ensemble_label_maps, resample
     from dali_relabel.labelmaps._generate import generate_label_maps
+    from dali_relabel.labelmaps._report import (
+        DEFAULT_SAMPLES,
+        LabelMapReport,
+        label_map_report,
+    )
     from dali_relabel.labelmaps._teachers import (
         DenseTeacher,
         dense_teacher,

@@ -6,6 +6,7 @@ package is missing.
 
 - :func:`make_sample_data`: real photos in ImageNet's layout (and official-format maps);
 - :func:`show_label_map`: a picture of a label map and of a crop's targets;
+- :func:`draw_report`: a picture of a store's report (target sharpness, agreement);
 - :func:`run_demo`: what ``make demo`` runs;
 - :func:`benchmark_throughput`: ReLabelLoader beside the usual loaders (``make bench``).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dali_relabel.tools._bench import PATHS, benchmark_throughput, machine, throughput_table
 from dali_relabel.tools._bench_paths import plain_dali_iterator
 from dali_relabel.tools._demo import run_demo
+from dali_relabel.tools._report import draw_report
 from dali_relabel.tools._sample import (
     PHOTOS,
     SampleData,
@@ -30,6 +32,7 @@ __all__ = [
     "SampleData",
     "benchmark_throughput",
     "class_labels",
+    "draw_report",
     "load_photo",
     "machine",
     "make_sample_data",
