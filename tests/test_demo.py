@@ -29,11 +29,16 @@ def test_demo_writes_every_output(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     for what, where in summary["outputs"].items():
         assert where in printed, what
-    for picture in ("label_map_picture", "crops_picture", "loss_curve"):
+    for picture in ("label_map_picture", "report_picture", "crops_picture", "loss_curve"):
         with Image.open(summary["outputs"][picture]) as im:
             assert im.format == "PNG" and im.size[0] > 300
     assert summary["training"]["steps"] == 4 and summary["label_maps"]["k"] == 5
-    assert summary["label_maps"]["grid"] == [7, 7]  # Lite0 at 224 px, stride 32
+    # generate's defaults: Lite0 at its own 224 px, stride 32
+    assert summary["label_maps"]["grid"] == [7, 7] and summary["label_maps"]["resolution"] == 224
+    figures = summary["label_maps"]["report"]
+    assert 0 < figures["full_image"]["mean_top1"] <= 1
+    assert 0 <= figures["cell_folder_agreement"] <= 1
+    assert "targets: top-1 probability" in printed
 
     # Rerun with other data: the maps must be the new images' (they were the old ones')
     args = ["demo", "--out", str(out), "--images-per-class", "2", "--steps", "2"]

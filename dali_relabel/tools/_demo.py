@@ -7,7 +7,8 @@
    480 px, where this small teacher's targets are nearly uniform), and measures the
    maps with :func:`~dali_relabel.labelmaps.label_map_report` (sharpness, agreement
    with the folder labels);
-3. draws one label map with a crop and the crop's ReLabel targets;
+3. draws the report's histograms, and one label map with a crop and the crop's
+   ReLabel targets;
 4. trains a small CNN from scratch for a few hundred steps on ReLabel soft targets
    through ReLabelLoader, and evaluates it on center crops against the folder labels;
 5. draws a batch of training crops with their folder label and their ReLabel top-3.
@@ -152,7 +153,8 @@ def run_demo(
     from dali_relabel import ReLabelLoader
     from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD
     from dali_relabel.imagenet import imagenet_class_names
-    from dali_relabel.labelmaps import generate_label_maps
+    from dali_relabel.labelmaps import generate_label_maps, label_map_report
+    from dali_relabel.tools._report import draw_report
     from dali_relabel.tools._sample import make_sample_data
     from dali_relabel.tools._show import show_label_map
 
@@ -179,6 +181,9 @@ def run_demo(
         store = generate_label_maps(data.train, maps, resolution=resolution, device=device)
     generate_s = time.perf_counter() - t0
     print(f"      {store.grid[0]}x{store.grid[1]} top-{store.k} maps in {generate_s:.1f} s")
+    report = label_map_report(store, data.train, seed=seed)
+    print("      " + report.headline().replace("\n", "\n      "))
+    draw_report(report, out / "report.png")
 
     print("[3/5] a label map, a crop and its targets", flush=True)
     key = next(k for k in store.keys if k.startswith("n02124075/"))  # a cat
@@ -234,7 +239,13 @@ def run_demo(
     summary = {
         "device": device,
         "images": len(data.keys),
-        "label_maps": {"grid": list(store.grid), "k": store.k, "seconds": generate_s},
+        "label_maps": {
+            "grid": list(store.grid),
+            "k": store.k,
+            "resolution": store.provenance["resolution"],
+            "seconds": generate_s,
+            "report": report.figures(),
+        },
         "training": {
             "steps": steps,
             "batch_size": batch_size,
@@ -253,6 +264,7 @@ def run_demo(
             "data": str(data.train),
             "label_maps": str(out / "maps.zarr"),
             "label_map_picture": str(out / "label_map.png"),
+            "report_picture": str(out / "report.png"),
             "crops_picture": str(out / "crops.png"),
             "loss_curve": str(out / "loss.png"),
         },
