@@ -35,7 +35,7 @@ step example 120 "$py" examples/train_imagenet.py --sample --steps 20 --crop-siz
     --batch-size 32
 step generate 150 bash -c "$py -m dali_relabel.cli sample '$out/sample' --images-per-class 8 &&
     $py -m dali_relabel.cli generate '$out/sample/train' '$out/sample/maps.zarr' --device cuda \
-    --decoder dali --resolution 224 --quiet && $py -m dali_relabel.cli info '$out/sample/maps.zarr'"
+    --decoder dali --quiet && $py -m dali_relabel.cli info '$out/sample/maps.zarr'"
 rm -rf "$out/sample"
 step throughput 200 "$py" benchmarks/throughput.py --device cuda --batch-size 256 \
     --images-per-class 160 --windows 3 --window-batches 4 --warmup-batches 3 --out-dir "$out"

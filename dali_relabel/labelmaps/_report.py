@@ -4,10 +4,10 @@ A label map teaches through the targets the loader makes of it: the map pooled o
 crop box, then a softmax over all classes (:func:`~dali_relabel.ops.label_pooling.
 relabel_targets`, classes outside the top-k at score 0). When a teacher's logits are
 weak (a classifier run far above its training resolution) that softmax comes out nearly
-uniform and the targets teach almost nothing, silently. ReLabel (Yun et al., CVPR 2021,
-Sec. 4) measures its maps by how often they agree with ImageNet's labels;
-:func:`label_map_report` measures any store (generated, converted, ensembled) both ways,
-on a random sample of its images:
+uniform and the targets teach almost nothing, silently. ReLabel (Yun et al., CVPR 2021)
+judges its maps by how often they agree with ImageNet's labels; :func:`label_map_report`
+measures any store (generated, converted, ensembled) both ways, on a random sample of
+its images:
 
 - the top-1 probability and the entropy of the targets of the full image (box
   (0, 0, 1, 1)) and of one random crop per image, drawn as the loader's DALI graph draws
