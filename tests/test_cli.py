@@ -22,6 +22,7 @@ VERBS = {
     "info",
     "verify",
     "rewrite",
+    "report",
 }
 
 
