@@ -197,13 +197,14 @@ def test_crop_windows_follow_dalis_generator(h, w):
 
 
 # -- flat stores -----------------------------------------------------------------------
-def _store_of(path, keys, value: float):
+def _store_of(path, keys, value: float, score_kind: str = "logits"):
     writer = LabelMapWriter.create(
         path,
         keys,
         num_classes=1000,
         k=5,
         grid=(15, 15),
+        score_kind=score_kind,
         class_names=imagenet_wnids(),
         provenance={"source": "test"},
     )
@@ -258,6 +259,16 @@ def test_convert_of_uniform_maps_warns(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "targets: top-1 probability 0.00 on average" in captured.out
     assert "warning: the targets are flat" in captured.err and "temperature" in captured.err
+
+
+def test_probability_stores_are_flat_in_the_loader_and_told_why(sample_data, tmp_path):
+    # A confident teacher's probabilities (0.9 on one class): the loader's softmax over
+    # pooled scores treats them as logits, so the targets come out nearly uniform.
+    store = _store_of(tmp_path / "p.zarr", list(sample_data.keys), 0.9, "probabilities")
+    report = label_map_report(store)
+    want = np.exp(0.9) / (np.exp(0.9) * 5 + 995)  # softmax by hand: five classes at 0.9
+    assert report.mean_top1 == pytest.approx(want, rel=1e-3) and report.flat
+    assert "holds probabilities" in report.warning() and "--scores logits" in report.warning()
 
 
 def test_sharp_store_gets_no_warning(sample_store, sample_data):

@@ -155,17 +155,28 @@ class LabelMapReport:
         """What to do about flat targets; None when they are not flat."""
         if not self.flat:
             return None
+        head = (
+            f"the targets are flat: full-image targets put {self.mean_top1:.3f} on their top "
+            f"class on average (below {FLAT_TOP1}; uniform over {self.num_classes:,} classes "
+            f"is {1 / self.num_classes:.4f}), so they teach little."
+        )
+        if self.score_kind == "probabilities":
+            return (
+                f"{head} This store holds probabilities, and the loader pools a map and takes "
+                "the softmax as of logits (ReLabel's recipe), which turns scores in [0, 1] "
+                "nearly uniform. Make the store of logits (generate's default --scores "
+                "logits), or train with ReLabelLoader(..., temperature=T) and a small T "
+                "such as 0.05"
+            )
         prov = self.provenance
         made = ""
         if prov.get("source") == "dali-relabel generate" and prov.get("resolution"):
             made = f" (this store: {prov.get('teacher')} at {prov['resolution']} px)"
         return (
-            f"the targets are flat: full-image targets put {self.mean_top1:.3f} on their top "
-            f"class on average (below {FLAT_TOP1}; uniform over {self.num_classes:,} classes "
-            f"is {1 / self.num_classes:.4f}), so they teach little. Run the teacher at its own "
-            f"resolution{made}: `dali-relabel generate` without --resolution does; or ask for "
-            "a coarser map with --grid N (each teacher at N x its stride); or sharpen the "
-            "targets in training with ReLabelLoader(..., temperature=T), T < 1"
+            f"{head} Run the teacher at its own resolution{made}: `dali-relabel generate` "
+            "without --resolution does; or ask for a coarser map with --grid N (each teacher "
+            "at N x its stride); or sharpen the targets in training with "
+            "ReLabelLoader(..., temperature=T), T < 1"
         )
 
     def headline(self) -> str:
