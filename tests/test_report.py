@@ -259,6 +259,13 @@ def test_convert_of_uniform_maps_warns(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "targets: top-1 probability 0.00 on average" in captured.out
     assert "warning: the targets are flat" in captured.err and "temperature" in captured.err
+    # A folder that does not fit the store: the store is still written, the report skipped.
+    (tmp_path / "odd" / "not_a_wnid").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "odd" / "not_a_wnid" / "x.JPEG")
+    args = ["convert", str(tmp_path / "pt"), str(tmp_path / "v.zarr"), "--workers", "1"]
+    assert main([*args, "--images", str(tmp_path / "odd")]) == 0
+    captured = capsys.readouterr()
+    assert "note: no report of the store" in captured.err and "not_a_wnid" in captured.err
 
 
 def test_probability_stores_are_flat_in_the_loader_and_told_why(sample_data, tmp_path):

@@ -154,9 +154,14 @@ def print_headline(store, images) -> None:
         store: the finished store.
         images: its image folder, or None (no folder agreement).
     """
+    from dali_relabel.errors import DaliRelabelError
     from dali_relabel.labelmaps import label_map_report
 
-    report = label_map_report(store, images)
+    try:
+        report = label_map_report(store, images)
+    except (DaliRelabelError, OSError) as e:  # the store is written: say so, not fail
+        print(f"note: no report of the store ({e}); run `dali-relabel report`", file=sys.stderr)
+        return
     print(report.headline())
     warning = report.warning()
     if warning:
