@@ -1,9 +1,11 @@
-"""The RandomResizedCrop window computed in the DALI graph, against torchvision's.
+"""The RandomResizedCrop window, in the DALI graph and on the host, against torchvision's.
 
-Two references: torchvision's own ``RandomResizedCrop.get_params``, run with its random
-draws recorded and the same draws fed to the graph; and a float64 transcription of it
-driven by the loader's host draws, over thousands of windows on image shapes from tiny
-to panoramic, so that the central fallback (no attempt fits) is exercised too.
+Both implementations (the graph's :func:`rrc_window` and the host's :func:`rrc_windows`,
+which the report draws its crops with) against two references: torchvision's own
+``RandomResizedCrop.get_params``, run with its random draws recorded and the same draws
+fed to both; and a float64 transcription of it driven by the loader's host draws, over
+thousands of windows on image shapes from tiny to panoramic, so that the central
+fallback (no attempt fits) is exercised too.
 """
 
 from __future__ import annotations
@@ -16,13 +18,8 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from torchvision.transforms import RandomResizedCrop
 
-from dali_relabel.loader._crops import (
-    ATTEMPTS,
-    batch_generator,
-    crop_inputs,
-    draw_crops,
-    rrc_window,
-)
+from dali_relabel._rrc import ATTEMPTS, batch_generator, crop_inputs, draw_crops, rrc_windows
+from dali_relabel.loader._crops import rrc_window
 
 BATCH = 256
 
@@ -42,14 +39,18 @@ def _window_pipeline(ratio_range):
     return pipe
 
 
-def _windows(pipe, shapes, area, ratio, position) -> np.ndarray:
-    """(i, j, h, w) per sample, as get_params returns them."""
+def _windows(pipe, shapes, area, ratio, position, ratio_range) -> np.ndarray:
+    """(i, j, h, w) per sample, as get_params returns them, from the graph; the host's
+    :func:`rrc_windows` must give the same windows."""
     pipe.feed_input("image_shapes", np.asarray(shapes, dtype=np.int64))
     inputs = crop_inputs({"area": area, "ratio": ratio, "position": position, "mirror": None})
     pipe.feed_input("attempts", inputs["attempts"])
     pipe.feed_input("position", np.asarray(position, dtype=np.float64))
     anchors, sizes = (o.as_array() for o in pipe.run())
-    return np.concatenate([anchors, sizes], axis=1).astype(np.int64)
+    graph = np.concatenate([anchors, sizes], axis=1).astype(np.int64)
+    host = np.concatenate(rrc_windows(shapes, inputs["attempts"], position, ratio_range), axis=1)
+    np.testing.assert_array_equal(host, graph)
+    return graph
 
 
 def _shapes(rng, n) -> np.ndarray:
@@ -98,7 +99,7 @@ def test_window_is_the_float64_reference_on_host_draws(scale, ratio_range):
     for batch in range(8):
         shapes = _shapes(rng, BATCH)
         draws = draw_crops(batch_generator(7, 0, 0, batch), BATCH, scale, ratio_range)
-        got = _windows(pipe, shapes, draws["area"], draws["ratio"], draws["position"])
+        got = _windows(pipe, shapes, draws["area"], draws["ratio"], draws["position"], ratio_range)
         for k in range(BATCH):
             height, width = int(shapes[k, 0]), int(shapes[k, 1])
             want = reference_get_params(
@@ -161,7 +162,7 @@ def test_window_is_torchvisions_get_params_given_its_draws(monkeypatch):
         for axis, (value, high) in enumerate(placed):
             position[k, axis] = (value + 0.5) / high  # floor(u * high) == value
     monkeypatch.undo()
-    got = _windows(_window_pipeline(ratio_range), shapes, area, ratio, position)
+    got = _windows(_window_pipeline(ratio_range), shapes, area, ratio, position, ratio_range)
     assert [tuple(row) for row in got.tolist()] == [tuple(e) for e in expected]
     assert 5 <= fallbacks <= BATCH - 100  # both the attempts and the central fallback
 

@@ -54,6 +54,19 @@ def test_without_dali_the_loader_names_the_extra_to_install():
     assert "pip install 'dali_relabel[cuda13]'" in message and "'dali_relabel[cuda12]'" in message
 
 
+def test_without_dali_the_report_runs(sample_store, sample_data):
+    # The report draws the loader's crops with the loader's host code, which needs no DALI.
+    run = _python(
+        "import sys; sys.modules['nvidia.dali'] = None\n"
+        "from dali_relabel.labelmaps import label_map_report\n"
+        f"r = label_map_report({str(sample_store.path)!r}, {str(sample_data.train)!r})\n"
+        "print(r.sampled, r.sizes_known, sys.modules['nvidia.dali'] is None)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('dali_relabel.loader')))\n"
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:2] == ["40 True True", "[]"]
+
+
 def test_the_command_line_help_imports_no_torch():
     run = _python(
         "import sys; from dali_relabel.cli import build_parser; build_parser().format_help(); "

@@ -2,8 +2,8 @@
 
 The report's figures are checked against references written here: a float64 loop over
 cells for the agreement, torchvision's roi_align on the densified map and a softmax by
-hand for the targets. Its crops are checked against DALI's own generator (the one the
-loader's graph runs) and against the loader's box conversion.
+hand for the targets. Its crops (the loader's own host code, :mod:`dali_relabel._rrc`)
+are checked against torchvision's RandomResizedCrop and the images' real sizes.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 from torchvision.ops import roi_align
+from torchvision.transforms import RandomResizedCrop
 
 from dali_relabel.cli import main
 from dali_relabel.imagenet import imagenet_wnids
 from dali_relabel.labelmaps import LabelMapReport, label_map_report
-from dali_relabel.labelmaps._crops import crop_boxes, random_crop_windows
-from dali_relabel.labelmaps._report import FLAT_TOP1
+from dali_relabel.labelmaps._report import ASSUMED_SIZE, FLAT_TOP1
 from dali_relabel.store import LabelMapWriter
 
 
@@ -92,9 +92,19 @@ def test_figures_match_float64_references(sample_store, sample_data):
     assert figures["cell_folder_agreement"] == pytest.approx(agreeing / cells, abs=1e-12)
     assert figures["full_image"]["mean_top1"] == pytest.approx(np.mean(want["top1"]), rel=1e-5)
     assert figures["full_image"]["folder_agreement"] == pytest.approx(np.mean(want["agree"]))
-    # The crops lie inside the images, and each image's own size was used.
+    # The crops lie inside the images, and each image's own size was used: every box is
+    # a whole-pixel window of its image.
     assert np.all(report.boxes[:, :2] >= 0) and np.all(report.boxes[:, 2:] <= 1)
     assert np.all(report.boxes[:, 2:] > report.boxes[:, :2])
+    files = {
+        p.relative_to(sample_data.train).with_suffix("").as_posix(): p
+        for p in sample_data.train.rglob("*")
+        if p.is_file()
+    }
+    for key, box in zip(report.keys, report.boxes.astype(np.float64), strict=True):
+        with Image.open(files[key]) as im:
+            pixels = box * [im.width, im.height, im.width, im.height]
+        np.testing.assert_allclose(pixels, np.round(pixels), atol=1e-3)
 
 
 def test_agreement_joins_folders_by_the_store_class_table(sample_data, tmp_path):
@@ -141,23 +151,6 @@ def test_sample_is_reproducible_and_bounded(sample_store, sample_data):
 
 
 # -- the loader's crops ----------------------------------------------------------------
-def _dali_windows(h: int, w: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    from nvidia.dali import fn, pipeline_def
-
-    @pipeline_def(batch_size=n, num_threads=1, device_id=None, seed=1)
-    def pipe():
-        shapes = fn.external_source(source=lambda: [np.array([h, w, 3], np.int64)] * n, batch=True)
-        anchors, windows = fn.random_crop_generator(
-            shapes, random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3]
-        )
-        return anchors, windows
-
-    p = pipe()
-    p.build()
-    anchors, shapes = p.run()
-    return anchors.as_array(), shapes.as_array()
-
-
 def _ks(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sample Kolmogorov-Smirnov statistic."""
     grid = np.sort(np.concatenate([a, b]))
@@ -166,34 +159,50 @@ def _ks(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(fa - fb).max())
 
 
-@pytest.mark.parametrize(("h", "w"), [(375, 500), (500, 333), (60, 1000), (1000, 30)])
-def test_crop_windows_follow_dalis_generator(h, w):
-    # The loader draws its crops with DALI's random_crop_generator; the report's numpy
-    # draw must give the same distribution (the last two sizes take DALI's fallbacks).
-    pytest.importorskip("nvidia.dali")
-    from dali_relabel.loader import train_boxes
+def _window_stats(boxes: np.ndarray, h: int, w: int) -> dict[str, np.ndarray]:
+    """Area fraction, log aspect ratio and centre of normalized (x1, y1, x2, y2) boxes."""
+    bw, bh = (boxes[:, 2] - boxes[:, 0]) * w, (boxes[:, 3] - boxes[:, 1]) * h
+    return {
+        "area": bw * bh / (h * w),
+        "log_ratio": np.log(bw / bh),
+        "centre_x": (boxes[:, 0] + boxes[:, 2]) / 2,
+        "centre_y": (boxes[:, 1] + boxes[:, 3]) / 2,
+    }
 
-    n = 4000
-    anchors, shapes = _dali_windows(h, w, n)
-    ours_a, ours_s = random_crop_windows(np.tile([h, w], (n, 1)), np.random.default_rng(0))
-    assert ours_s.min() >= 1 and np.all(ours_a + ours_s <= [h, w]) and ours_a.min() >= 0
 
-    def stats(a, s):
-        return {
-            "area": s[:, 0] * s[:, 1] / (h * w),
-            "log_ratio": np.log(s[:, 1] / s[:, 0]),
-            "centre_x": (a[:, 1] + s[:, 1] / 2) / w,
-            "centre_y": (a[:, 0] + s[:, 0] / 2) / h,
-        }
-
-    theirs, ours = stats(anchors, shapes), stats(ours_a, ours_s)
-    for name in theirs:
-        assert _ks(theirs[name], ours[name]) < 0.05, name
-    # DALI's windows become the loader's boxes and the report's alike.
-    sizes = np.tile([h, w], (n, 1))
-    np.testing.assert_array_equal(
-        crop_boxes(anchors, shapes, sizes), train_boxes(anchors, shapes, np.tile([h, w, 3], (n, 1)))
+@pytest.mark.parametrize(
+    ("scale", "ratio"), [((0.08, 1.0), (3 / 4, 4 / 3)), ((0.3, 0.5), (0.5, 2.0))]
+)
+def test_crops_are_torchvisions_random_resized_crop(tmp_path, scale, ratio):
+    # Without --images the crops are drawn on ASSUMED_SIZE squares: their distribution
+    # must be that of torchvision's RandomResizedCrop.get_params with the same ranges.
+    n = 3000
+    keys = [f"c/{i:05d}" for i in range(n)]
+    writer = LabelMapWriter.create(
+        tmp_path / "many.zarr", keys, num_classes=1000, k=1, grid=(1, 1),
+        provenance={"source": "test"}, shard_size=n,
+    )  # fmt: skip
+    writer.write_block(0, np.ones((n, 1, 1, 1)), np.zeros((n, 1, 1, 1), int))
+    report = label_map_report(writer.finalize(), samples=n, scale=scale, ratio=ratio)
+    assert report.scale == scale and report.ratio == pytest.approx(ratio)
+    side = ASSUMED_SIZE
+    torch.manual_seed(0)
+    image = torch.empty(3, side, side)
+    want = np.array(
+        [RandomResizedCrop.get_params(image, list(scale), list(ratio)) for _ in range(n)],
+        dtype=np.float64,
+    )  # (i, j, h, w)
+    want_boxes = (
+        np.stack([want[:, 1], want[:, 0], want[:, 1] + want[:, 3], want[:, 0] + want[:, 2]], axis=1)
+        / side
     )
+    ours, theirs = _window_stats(report.boxes, side, side), _window_stats(want_boxes, side, side)
+    for name in ours:
+        assert _ks(ours[name], theirs[name]) < 0.05, name
+    # Every box is a whole-pixel window of the image, inside it.
+    pixels = report.boxes.astype(np.float64) * side
+    np.testing.assert_allclose(pixels, np.round(pixels), atol=1e-3)
+    assert np.all(report.boxes[:, :2] >= 0) and np.all(report.boxes[:, 2:] <= 1)
 
 
 # -- flat stores -----------------------------------------------------------------------

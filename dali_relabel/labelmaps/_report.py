@@ -10,8 +10,8 @@ measures any store (generated, converted, ensembled) both ways, on a random samp
 its images:
 
 - the top-1 probability and the entropy of the targets of the full image (box
-  (0, 0, 1, 1)) and of one random crop per image, drawn as the loader's DALI graph draws
-  them and in its box convention (:mod:`._crops`);
+  (0, 0, 1, 1)) and of one RandomResizedCrop per image, drawn and turned into a box by
+  the loader's own host code (:mod:`dali_relabel._rrc`, no DALI needed);
 - with the image folder: how often the top class of those targets is the folder's class
   (folder -> store class by the store's class names, as the loader maps them), and how
   often each cell's top class is.
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from dali_relabel import _checks
+from dali_relabel._rrc import crop_inputs, draw_crops, rrc_windows, train_boxes
 from dali_relabel.constants import RRC_RATIO, RRC_SCALE
 from dali_relabel.errors import (
     ArgumentError,
@@ -42,7 +43,6 @@ from dali_relabel.errors import (
     StoreMismatchError,
 )
 from dali_relabel.imagefolder import ImageFolderList
-from dali_relabel.labelmaps._crops import crop_boxes, random_crop_windows
 from dali_relabel.store import LabelMapStore, open_store
 
 __all__ = [
@@ -415,8 +415,9 @@ def label_map_report(
         sizes = np.full((len(pick), 2), ASSUMED_SIZE, dtype=np.int64)
     else:
         sizes = _image_sizes([paths[i] for i in pick])
-    anchors, shapes = random_crop_windows(sizes, rng, scale, ratio)
-    boxes = crop_boxes(anchors, shapes, sizes)
+    draws = crop_inputs(draw_crops(rng, len(pick), scale, ratio))
+    anchors, shapes = rrc_windows(sizes, draws["attempts"], draws["position"], ratio)
+    boxes = train_boxes(anchors, shapes, sizes)
 
     full_top1, crop_top1, full_ent, crop_ent = [], [], [], []
     full_agree, crop_agree, cell_agree = [], [], []

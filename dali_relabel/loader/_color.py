@@ -27,7 +27,7 @@ training transform has the same ColorJitter without Lighting. Here, per image:
   ``crop_mirror_normalize`` as a per-image mean ``255 * (mean - offset)``, so it costs
   nothing.
 
-The draws come from the batch's generator after the crop's (:mod:`._crops`): turning
+The draws come from the batch's generator after the crop's (:mod:`dali_relabel._rrc`): turning
 colour on changes no crop. Where it runs: after the resize to S x S, on the images'
 device, before normalization (the flip commutes with all of it).
 """

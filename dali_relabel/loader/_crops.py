@@ -1,30 +1,13 @@
-"""torchvision's RandomResizedCrop in a DALI graph, its random draws made on the host.
+"""torchvision's RandomResizedCrop window in a DALI graph, from the host's draws.
 
-The crop window is ``RandomResizedCrop.get_params`` of torchvision (the transform the
-ReLabel paper trains with), computed per sample inside the DALI graph from the image
-shape that ``fn.peek_image_shape`` reads, because only the graph knows the shapes:
-
-    10 attempts: target_area = H * W * area[t], aspect = ratio[t],
-                 w = round(sqrt(target_area * aspect)), h = round(sqrt(target_area / aspect));
-                 the first attempt with 0 < w <= W and 0 < h <= H is the window, placed at
-                 i = floor(position[0] * (H - h + 1)), j = floor(position[1] * (W - w + 1));
-    fallback:    the central crop of the whole image with its aspect ratio clamped to the
-                 ratio range.
-
-The uniform draws behind it (``area``, ``ratio``, ``position``, and the ``mirror`` flag of
-RandomHorizontalFlip) come from the host, keyed by (seed, epoch, rank, batch) through
-numpy's SeedSequence and Philox: a batch's crops depend on nothing else, so any epoch, or
-the rest of an interrupted one, can be drawn again exactly (:func:`batch_generator`).
-
-The window is computed in float64 (DALI's reductions take float32, used only on
-integer-valued sizes, which float32 holds exactly). The host multiplies each attempt's
-area and aspect ratio into (area / ratio, area * ratio) (:func:`crop_inputs`), so the
-graph computes H * W * (area * ratio) where torchvision computes (H * W * area) * ratio:
-the windows are the same unless a last-bit rounding of that product decides an exact
-half, about once in 10^12 windows. ``round`` is ``floor(x + 0.5)`` (Python's rounds exact
-halves to even). The placement draws a uniform ``position`` where torchvision calls
-``torch.randint``: the same distribution from another generator. tests/test_crops.py
-checks the windows against ``get_params`` itself, fed its own recorded draws.
+:mod:`dali_relabel._rrc` holds the crop: its draws (keyed by seed, epoch, rank and
+batch), the inputs they make (:func:`~dali_relabel._rrc.crop_inputs`), the window's
+arithmetic and the boxes. The window is computed per sample inside the DALI graph from
+the image shape that ``fn.peek_image_shape`` reads, because only the graph knows the
+shapes: :func:`rrc_window` is :func:`~dali_relabel._rrc.rrc_windows` in DALI operators,
+in float64 (DALI's reductions take float32, used only on integer-valued sizes, which
+float32 holds exactly). tests/test_crops.py checks both against torchvision's
+``get_params``, fed its own recorded draws.
 
 Each DALI arithmetic operator costs about the same per sample whatever the size of its
 tensors, so the graph works on (y, x) pairs and all attempts at once: half the operators
@@ -33,66 +16,15 @@ of one attempt at a time, a few percent of decoding the sample (README, "Numbers
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 
-__all__ = ["ATTEMPTS", "batch_generator", "crop_inputs", "draw_crops", "rrc_window"]
+from dali_relabel._rrc import ATTEMPTS
 
-#: RandomResizedCrop's attempts before the central fallback (torchvision's 10).
-ATTEMPTS = 10
-
-
-def batch_generator(seed: int, epoch: int, rank: int, batch: int) -> np.random.Generator:
-    """The generator of one batch's draws, keyed by (seed, epoch, rank, batch) only."""
-    return np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, epoch, rank, batch])))
-
-
-def draw_crops(
-    rng: np.random.Generator,
-    count: int,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-) -> dict[str, np.ndarray]:
-    """One batch's random draws, in the order they are made.
-
-    Args:
-        rng: the batch's generator (:func:`batch_generator`).
-        count: samples in the batch.
-        scale: RandomResizedCrop's range of the crop's area, as a fraction of the image's.
-        ratio: RandomResizedCrop's range of the crop's aspect ratio (width / height).
-
-    Returns:
-        ``area`` float64 [count, 10] (uniform in ``scale``), ``ratio`` float64 [count, 10]
-        (exp of a uniform in log ``ratio``), ``position`` float64 [count, 2] (uniform in
-        [0, 1), for y then x) and ``mirror`` int32 [count] (1 with probability 0.5).
-    """
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    return {
-        "area": rng.uniform(scale[0], scale[1], (count, ATTEMPTS)),
-        "ratio": np.exp(rng.uniform(log_lo, log_hi, (count, ATTEMPTS))),
-        "position": rng.random((count, 2)),
-        "mirror": (rng.random(count) < 0.5).astype(np.int32),
-    }
-
-
-def crop_inputs(draws: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The graph's inputs made of :func:`draw_crops`' draws, by input name.
-
-    ``attempts`` float64 [count, 10, 2] holds, per attempt, (area / ratio, area * ratio):
-    the attempt's (h, w) is round(sqrt(H * W * attempts[t])), torchvision's
-    ``round(sqrt(target_area / aspect_ratio))`` and ``round(sqrt(target_area *
-    aspect_ratio))``. ``position`` and ``mirror`` pass through.
-    """
-    area, ratio = draws["area"], draws["ratio"]
-    return {
-        "attempts": np.stack([area / ratio, area * ratio], axis=-1),
-        "position": draws["position"],
-        "mirror": draws["mirror"],
-    }
+__all__ = ["rrc_window"]
 
 
 def _round(x):
@@ -112,7 +44,7 @@ def rrc_window(image_shapes, attempts, position, ratio_range: tuple[float, float
 
     Args:
         image_shapes: (H, W, C) per sample (``fn.peek_image_shape``).
-        attempts, position: :func:`crop_inputs` per sample.
+        attempts, position: :func:`~dali_relabel._rrc.crop_inputs` per sample.
         ratio_range: the aspect-ratio range, for the fallback's clamp.
 
     Returns:

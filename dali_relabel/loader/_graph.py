@@ -4,8 +4,9 @@ One graph per loader, fed per batch from the host through ``fn.external_source``
 named :data:`TRAIN_INPUTS` / :data:`EVAL_INPUTS`: each sample's file path (read by
 ``fn.io.file.read`` on DALI's threads), its *sample index* (the key on which labels and
 label maps are joined, returned as an output), and in training the random draws of its
-crop and flip (:mod:`._crops`). Batches may have any size up to the pipeline's batch
-size, so an epoch's last batch is just smaller: nothing is padded, nothing decoded twice.
+crop and flip (:mod:`dali_relabel._rrc`; the window is computed in :mod:`._crops`).
+Batches may have any size up to the pipeline's batch size, so an epoch's last batch is
+just smaller: nothing is padded, nothing decoded twice.
 
 The training graph is torchvision's ``RandomResizedCrop`` + ``RandomHorizontalFlip``
 with the crop window leaving the graph: ReLabel (Yun et al., CVPR 2021) pools each
@@ -38,8 +39,9 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
 from dali_relabel import _checks
+from dali_relabel._rrc import batch_generator, crop_inputs, draw_crops, train_boxes
 from dali_relabel.loader._color import COLOR_INPUTS, apply_color, draw_color, lighting_mean
-from dali_relabel.loader._crops import batch_generator, crop_inputs, draw_crops, rrc_window
+from dali_relabel.loader._crops import rrc_window
 from dali_relabel.loader._mixing import MixParams
 from dali_relabel.loader._regions import paste_inputs
 
@@ -63,7 +65,7 @@ TRAIN_OUTPUTS = ("images", "indices", "anchors", "shapes", "image_shapes", "mirr
 #: Outputs of the evaluation graph, in order.
 EVAL_OUTPUTS = ("images", "indices", "image_shapes")
 #: Inputs of the training graph, by name: file path (uint8 bytes), sample index (int64),
-#: and the crop and flip draws (:func:`~dali_relabel.loader._crops.crop_inputs`).
+#: and the crop and flip draws (:func:`~dali_relabel._rrc.crop_inputs`).
 TRAIN_INPUTS = ("paths", "indices", "attempts", "position", "mirror")
 #: Inputs of the evaluation graph.
 EVAL_INPUTS = ("paths", "indices")
@@ -245,22 +247,6 @@ def build_graph(
 def default_resize_size(crop_size: int) -> int:
     """Shorter side before the evaluation center crop: ``round(crop_size / 0.875)``."""
     return round(crop_size / 0.875)
-
-
-def train_boxes(anchors: np.ndarray, shapes: np.ndarray, image_shapes: np.ndarray) -> np.ndarray:
-    """Crop windows as normalized (x1, y1, x2, y2) boxes of the original images, float32 [B, 4].
-
-    Args:
-        anchors: (y, x) of each window's top-left pixel, [B, 2].
-        shapes: (h, w) of each window in pixels, [B, 2].
-        image_shapes: (H, W, C) of each decoded image, [B, 3] (``peek_image_shape``).
-    """
-    hw = image_shapes[:, :2].astype(np.float64)
-    start = anchors.astype(np.float64) / hw
-    stop = (anchors + shapes).astype(np.float64) / hw
-    # (y, x) pairs become x1, y1, x2, y2
-    boxes = np.stack([start[:, 1], start[:, 0], stop[:, 1], stop[:, 0]], axis=1)
-    return np.clip(boxes, 0.0, 1.0).astype(np.float32)
 
 
 def center_crop_boxes(image_shapes: np.ndarray, crop_size: int, resize_size: int) -> np.ndarray:

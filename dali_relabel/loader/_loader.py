@@ -8,7 +8,7 @@ The work is behind it, one concept per module, data flowing one way:
 - :mod:`~dali_relabel.imagefolder` lists the samples; :mod:`._sampler` orders and
   shards them per epoch;
 - :mod:`._graph` is the DALI graph, fed per batch with file paths, *sample indices* and
-  (:mod:`._crops`) the crop and flip draws, which exports every crop window;
+  (:mod:`dali_relabel._rrc`) the crop and flip draws, which exports every crop window;
 - :mod:`._epoch` runs the loader's one pipeline through all epochs, fed ahead across
   epoch ends; :mod:`._state` is its place in them for resuming (``state_dict``);
 - :mod:`._batch` joins each batch with its labels and label maps by sample index, so no

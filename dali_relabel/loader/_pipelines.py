@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from dali_relabel import _checks
+from dali_relabel._rrc import batch_generator
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 from dali_relabel.errors import ArgumentError
 from dali_relabel.loader._color import check_color_jitter, check_lighting
-from dali_relabel.loader._crops import batch_generator
 from dali_relabel.loader._graph import GraphSpec, build_graph, dali_dtype, default_resize_size
 
 __all__ = ["build_eval_pipeline", "build_train_pipeline"]
