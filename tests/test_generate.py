@@ -308,6 +308,21 @@ class _Stride16(nn.Module):
         return self.fc(self.avgpool(self.features(x)).flatten(1))
 
 
+def _assert_mean_of_lite0_and_small(out, images, lite0, small, lite0_px, small_px):
+    """The store's top-4 of one photo: the mean of Lite0's map at ``lite0_px`` resampled to
+    the small teacher's 10x10 and the small teacher's map at ``small_px``."""
+    key = "n02124075/composite"
+    image = decode_image(images / f"{key}.JPEG")
+    xa = resize_square(image, lite0_px).float()[None] / 255
+    xb = resize_square(image, small_px).float()[None] / 255
+    with torch.inference_mode():
+        a = F.interpolate(lite0(xa).double(), size=(10, 10), mode="bilinear", align_corners=False)
+        want = ((a + small(xb).double()) / 2)[0].topk(4, dim=0)
+    scores, classes = out.read([out.index(key)])
+    np.testing.assert_allclose(scores[0], want.values.numpy(), rtol=1e-3, atol=1e-2)
+    assert (classes[0] == want.indices.numpy()).mean() > 0.98  # float16 near-ties aside
+
+
 def test_two_teachers_average_on_the_finer_grid(images, tmp_path, lite0):
     small = dense_teacher(_Stride16().eval(), name="stride16")
     out = generate_label_maps(
@@ -324,14 +339,7 @@ def test_two_teachers_average_on_the_finer_grid(images, tmp_path, lite0):
     assert prov["teacher"] == "efficientnet_lite0 + stride16"
     assert prov["ensemble"] == "mean of logits per cell"
     assert [t["grid"] for t in prov["teachers"]] == [[5, 5], [10, 10]]
-    key = "n02124075/composite"
-    x = resize_square(decode_image(images / f"{key}.JPEG"), 160).float()[None] / 255
-    with torch.inference_mode():
-        a = F.interpolate(lite0(x).double(), size=(10, 10), mode="bilinear", align_corners=False)
-        want = ((a + small(x).double()) / 2)[0].topk(4, dim=0)
-    scores, classes = out.read([out.index(key)])
-    np.testing.assert_allclose(scores[0], want.values.numpy(), rtol=1e-3, atol=1e-2)
-    assert (classes[0] == want.indices.numpy()).mean() > 0.98  # float16 near-ties aside
+    _assert_mean_of_lite0_and_small(out, images, lite0, small, 160, 160)
 
 
 def test_teachers_of_different_own_sizes_each_run_at_theirs(images, tmp_path, lite0):
@@ -346,16 +354,7 @@ def test_teachers_of_different_own_sizes_each_run_at_theirs(images, tmp_path, li
         (224, [7, 7]),
         (160, [10, 10]),
     ]
-    key = "n02124075/composite"
-    image = decode_image(images / f"{key}.JPEG")
-    x224 = resize_square(image, 224).float()[None] / 255
-    x160 = resize_square(image, 160).float()[None] / 255
-    with torch.inference_mode():
-        a = F.interpolate(lite0(x224).double(), size=(10, 10), mode="bilinear", align_corners=False)
-        want = ((a + small(x160).double()) / 2)[0].topk(4, dim=0)
-    scores, classes = out.read([out.index(key)])
-    np.testing.assert_allclose(scores[0], want.values.numpy(), rtol=1e-3, atol=1e-2)
-    assert (classes[0] == want.indices.numpy()).mean() > 0.98  # float16 near-ties aside
+    _assert_mean_of_lite0_and_small(out, images, lite0, small, 224, 160)
     # grid=N: N x N from every teacher, each at N x its own stride.
     both = generate_label_maps(
         images, tmp_path / "g6.zarr", [lite0, small], grid=6, workers=0, progress=False

@@ -21,7 +21,7 @@ from dali_relabel.cli import main
 from dali_relabel.imagenet import imagenet_wnids
 from dali_relabel.labelmaps import LabelMapReport, label_map_report
 from dali_relabel.labelmaps._report import ASSUMED_SIZE, FLAT_TOP1
-from dali_relabel.store import LabelMapWriter
+from dali_relabel.store import LabelMapStore, LabelMapWriter
 
 
 # -- references ------------------------------------------------------------------------
@@ -53,6 +53,19 @@ def _crop_pooled(dense: np.ndarray, box: np.ndarray) -> np.ndarray:
     rois = torch.tensor([[0, x1 * w - 0.5, y1 * h - 0.5, x2 * w - 0.5, y2 * h - 0.5]]).double()
     out = roi_align(torch.from_numpy(dense)[None], rois, 1, spatial_scale=1.0, sampling_ratio=-1)
     return out[0, :, 0, 0].numpy()
+
+
+def _store(path, keys, scores, classes, class_names=None, **params) -> LabelMapStore:
+    """A finished 1,000-class store of the maps given, [n, k, H, W] (one shard); class
+    names ImageNet's unless given."""
+    n, k, h, w = scores.shape
+    writer = LabelMapWriter.create(
+        path, keys, num_classes=1000, k=k, grid=(h, w), shard_size=n,
+        class_names=imagenet_wnids() if class_names is None else class_names,
+        provenance={"source": "test"}, **params,
+    )  # fmt: skip
+    writer.write_block(0, scores, np.asarray(classes, dtype=np.int64))
+    return writer.finalize()
 
 
 # -- the figures -------------------------------------------------------------------------
@@ -115,17 +128,9 @@ def test_agreement_joins_folders_by_the_store_class_table(sample_data, tmp_path)
     pos = wnids.index(first)
     wnids[pos], wnids[0] = wnids[0], wnids[pos]  # the first folder's class is now index 0
     keys = [k for k in sample_data.keys if k.startswith(first)]
-    writer = LabelMapWriter.create(
-        tmp_path / "swapped.zarr",
-        keys,
-        num_classes=1000,
-        k=1,
-        grid=(2, 2),
-        class_names=wnids,
-        provenance={"source": "test"},
-    )
-    writer.write_block(0, np.ones((len(keys), 1, 2, 2)), np.zeros((len(keys), 1, 2, 2), int))
-    report = label_map_report(writer.finalize(), sample_data.train)
+    maps = np.ones((len(keys), 1, 2, 2))
+    store = _store(tmp_path / "swapped.zarr", keys, maps, np.zeros_like(maps), wnids)
+    report = label_map_report(store, sample_data.train)
     assert report.full_agree.all() and report.cell_agree.min() == 1.0
     assert report.without_map == len(sample_data.keys) - len(keys)
 
@@ -178,12 +183,8 @@ def test_crops_are_torchvisions_random_resized_crop(tmp_path, scale, ratio):
     # must be that of torchvision's RandomResizedCrop.get_params with the same ranges.
     n = 3000
     keys = [f"c/{i:05d}" for i in range(n)]
-    writer = LabelMapWriter.create(
-        tmp_path / "many.zarr", keys, num_classes=1000, k=1, grid=(1, 1),
-        provenance={"source": "test"}, shard_size=n,
-    )  # fmt: skip
-    writer.write_block(0, np.ones((n, 1, 1, 1)), np.zeros((n, 1, 1, 1), int))
-    report = label_map_report(writer.finalize(), samples=n, scale=scale, ratio=ratio)
+    store = _store(tmp_path / "many.zarr", keys, np.ones((n, 1, 1, 1)), np.zeros((n, 1, 1, 1)))
+    report = label_map_report(store, samples=n, scale=scale, ratio=ratio)
     assert report.scale == scale and report.ratio == pytest.approx(ratio)
     side = ASSUMED_SIZE
     torch.manual_seed(0)
@@ -207,20 +208,10 @@ def test_crops_are_torchvisions_random_resized_crop(tmp_path, scale, ratio):
 
 # -- flat stores -----------------------------------------------------------------------
 def _store_of(path, keys, value: float, score_kind: str = "logits"):
-    writer = LabelMapWriter.create(
-        path,
-        keys,
-        num_classes=1000,
-        k=5,
-        grid=(15, 15),
-        score_kind=score_kind,
-        class_names=imagenet_wnids(),
-        provenance={"source": "test"},
-    )
+    """15x15 top-5 maps of classes 0-4, every score ``value``."""
     scores = np.full((len(keys), 5, 15, 15), value, np.float32)
     classes = np.broadcast_to(np.arange(5)[None, :, None, None], scores.shape)
-    writer.write_block(0, scores, classes.astype(np.int64))
-    return writer.finalize()
+    return _store(path, keys, scores, classes, score_kind=score_kind)
 
 
 def test_uniform_maps_are_reported_flat_and_warned_about(sample_data, tmp_path, capsys):

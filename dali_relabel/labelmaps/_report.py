@@ -38,12 +38,10 @@ from dali_relabel._rrc import crop_inputs, draw_crops, rrc_windows, train_boxes
 from dali_relabel.constants import RRC_RATIO, RRC_SCALE
 from dali_relabel.errors import (
     ArgumentError,
-    ClassTableError,
     ImageDecodeError,
     StoreMismatchError,
 )
-from dali_relabel.imagefolder import ImageFolderList
-from dali_relabel.store import LabelMapStore, open_store
+from dali_relabel.store import LabelMapStore, open_store, scan_in_store_classes
 
 __all__ = [
     "ASSUMED_SIZE",
@@ -304,22 +302,6 @@ def _pair(values: tuple[float, float]) -> str:
 
 
 # -- computing it --------------------------------------------------------------------
-def _folder(store: LabelMapStore, images: str | os.PathLike) -> ImageFolderList:
-    """The folder's samples with class indices in the store's class space (the loader's
-    rule: by the store's class names, else the sorted folders one to one)."""
-    try:
-        dataset = ImageFolderList.scan(images, class_names=store.class_names)
-    except ClassTableError as e:
-        raise StoreMismatchError(f"{e}: label map store {store.path!r} names other classes") from e
-    if store.class_names is None and store.num_classes != len(dataset.folders):
-        raise StoreMismatchError(
-            f"label map store {store.path!r} has num_classes={store.num_classes} and no class "
-            f"table, but {str(images)!r} has {len(dataset.folders)} class folders; without "
-            "class_names in the store the folders (sorted) must be its classes one to one"
-        )
-    return dataset
-
-
 def _image_sizes(paths: list[Path]) -> np.ndarray:
     """(H, W) from each file's header, as the loader's graph peeks them (EXIF ignored)."""
     from PIL import Image
@@ -391,7 +373,7 @@ def label_map_report(
     if images is None:
         rows = np.arange(len(store))
     else:
-        dataset = _folder(store, images)
+        dataset = scan_in_store_classes(images, store)
         index_of = {key: i for i, key in enumerate(store.keys)}
         found = np.fromiter((index_of.get(k, -1) for k in dataset.keys), np.int64, len(dataset))
         have = np.flatnonzero(found >= 0)

@@ -2,13 +2,13 @@
 
 :class:`~dali_relabel.loader.ReLabelLoader` joins each sample with its label map by the
 sample index DALI returns. This module holds everything of that join that knows the
-store: listing the image folder in the store's class space
-(:func:`scan_in_store_classes`), the store row of every sample (:func:`store_rows`,
-joined by key), and :class:`LabelMaps`, which places the maps of the dataset's samples
-in host memory, in GPU memory, or leaves them in the store (``label_map_memory``),
-gathers a batch's maps by sample index and, when they stay in the store, reads each
-batch's maps on a thread as soon as the batch is handed to DALI. docs/LOADER.md
-("Where the maps live") describes the choices and their costs.
+store (the folder's classes in the store's class space come from
+:func:`~dali_relabel.store.scan_in_store_classes`): the store row of every sample
+(:func:`store_rows`, joined by key), and :class:`LabelMaps`, which places the maps of
+the dataset's samples in host memory, in GPU memory, or leaves them in the store
+(``label_map_memory``), gathers a batch's maps by sample index and, when they stay in
+the store, reads each batch's maps on a thread as soon as the batch is handed to DALI.
+docs/LOADER.md ("Where the maps live") describes the choices and their costs.
 """
 
 from __future__ import annotations
@@ -25,13 +25,11 @@ import torch
 
 from dali_relabel.errors import (
     ArgumentError,
-    ClassTableError,
     StoreMismatchError,
 )
-from dali_relabel.imagefolder import ImageFolderList
 from dali_relabel.store import LabelMapStore
 
-__all__ = ["MEMORY", "LabelMaps", "scan_in_store_classes", "store_rows"]
+__all__ = ["MEMORY", "LabelMaps", "store_rows"]
 
 #: What ``label_map_memory=`` accepts; see :class:`~dali_relabel.loader.ReLabelLoader`.
 MEMORY = ("auto", "host", "device", "stream")
@@ -165,28 +163,6 @@ def _auto_memory(nbytes: int, device: torch.device, in_memory: bool) -> str:
 
 
 # -- the store, the folder and the join by key ----------------------------------------
-def scan_in_store_classes(root: str | os.PathLike, store: LabelMapStore | None) -> ImageFolderList:
-    """The samples under ``root``, class indices in the store's class space.
-
-    With a class table in the store (ImageNet's WordNet ids), a folder's class index is
-    its position there; without one, the sorted folders must be the store's classes one
-    to one. Raises StoreMismatchError otherwise.
-    """
-    if store is None:
-        return ImageFolderList.scan(root)
-    try:
-        dataset = ImageFolderList.scan(root, class_names=store.class_names)
-    except ClassTableError as e:
-        raise StoreMismatchError(f"{e}: label map store {store.path!r} names other classes") from e
-    if store.class_names is None and store.num_classes != len(dataset.folders):
-        raise StoreMismatchError(
-            f"label map store {store.path!r} has num_classes={store.num_classes} and no "
-            f"class table, but {str(root)!r} has {len(dataset.folders)} class folders; without "
-            "class_names in the store the folders (sorted) must be its classes one to one"
-        )
-    return dataset
-
-
 def store_rows(store: LabelMapStore, keys: Sequence[str], root: str | Path) -> np.ndarray:
     """The store row of every sample's label map (int64, in the order of ``keys``).
 

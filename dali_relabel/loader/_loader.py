@@ -39,12 +39,7 @@ from dali_relabel.loader._dataset import LoaderDataset
 from dali_relabel.loader._epoch import PREFETCH_DEPTH, Epoch, Epochs
 from dali_relabel.loader._graph import LoaderGraph, default_resize_size
 from dali_relabel.loader._images import HeaderCheck, skip_bad_images
-from dali_relabel.loader._label_maps import (
-    MEMORY,
-    LabelMaps,
-    scan_in_store_classes,
-    store_rows,
-)
+from dali_relabel.loader._label_maps import MEMORY, LabelMaps, store_rows
 from dali_relabel.loader._options import (
     check_channels,
     check_range,
@@ -56,7 +51,7 @@ from dali_relabel.loader._options import (
 )
 from dali_relabel.loader._sampler import ShardBatchSampler, ShardSampler, resolve_shard
 from dali_relabel.loader._state import STATE_VERSION, check_state, dataset_fingerprint
-from dali_relabel.store import LabelMapStore, open_store
+from dali_relabel.store import LabelMapStore, open_store, scan_in_store_classes
 
 __all__ = ["BAD_IMAGE", "TARGETS", "ReLabelLoader"]
 

@@ -3,11 +3,13 @@
 :class:`LabelMapStore` reads a store, :class:`LabelMapWriter` writes one resumably, and
 :func:`compact` rewrites a written store without some of its rows, :func:`rewrite` in
 the current format, and :func:`verify_store` reads every chunk and names each damaged
-shard. The format is in docs/FORMAT.md and :mod:`dali_relabel.store._format`.
+shard; :func:`scan_in_store_classes` lists an image folder in a store's class space.
+The format is in docs/FORMAT.md and :mod:`dali_relabel.store._format`.
 """
 
 from __future__ import annotations
 
+from dali_relabel.store._classes import scan_in_store_classes
 from dali_relabel.store._compaction import compact, find_compacted, rewrite
 from dali_relabel.store._format import (
     DEFAULT_SHARD_SIZE,
@@ -46,5 +48,6 @@ __all__ = [
     "missing_shard_files",
     "open_store",
     "rewrite",
+    "scan_in_store_classes",
     "verify_store",
 ]
