@@ -22,6 +22,7 @@ __all__ = [
     "MissingDependencyError",
     "NotFoundError",
     "SampleIndexError",
+    "StorageAccessError",
     "StoreCorruptError",
     "StoreIncompleteError",
     "StoreMismatchError",
@@ -67,6 +68,11 @@ class NotFoundError(DaliRelabelError, FileNotFoundError):
 
 class StoreNotFoundError(NotFoundError):
     """A path or URL that should hold a label-map store does not."""
+
+
+class StorageAccessError(DaliRelabelError, OSError):
+    """Object storage (S3) that cannot be reached or refuses a request: a wrong endpoint,
+    missing credentials, a bucket that does not exist, access denied."""
 
 
 class ClassTableError(DaliRelabelError, ValueError):

@@ -70,3 +70,57 @@ def trainer_root(sample_data, tmp_path_factory):
         with Image.open(photos[i]) as img:
             img.resize((96, 72)).save(folder / f"{wnids[40 * i]}_val.JPEG", quality=90)
     return root
+
+
+# -- S3: a real S3-compatible server (moto in server mode) on loopback -----------------------
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on a free loopback port for the session (objects in memory)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request else
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch, tmp_path):
+    """A new empty bucket, and the usual AWS variables pointing at the server for this test
+    and the processes it starts (as a user's job would get them)."""
+    import uuid
+
+    import boto3
+
+    env = {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "DALI_RELABEL_CACHE": str(tmp_path / "cache"),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket=bucket
+    )
+    return bucket
+
+
+def s3_copy(path, bucket: str, name: str) -> str:
+    """Every file of the local store ``path`` copied as it is to ``s3://bucket/name`` (a
+    plain copy, damage included); the URL."""
+    import boto3
+
+    client = boto3.client("s3")
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        key = f"{name}/{file.relative_to(path).as_posix()}"
+        client.put_object(Bucket=bucket, Key=key, Body=file.read_bytes())
+    return f"s3://{bucket}/{name}"

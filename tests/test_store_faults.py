@@ -4,9 +4,10 @@ Each fault is done to a copy of a small finished store (40 samples of the sample
 16 per shard, so 3 shard files per array): a shard deleted, emptied or cut short, bits
 flipped, random bytes written over a chunk, a chunk dropped from a shard index, the
 metadata truncated, every attribute edited. For each, `dali-relabel verify` exits
-non-zero naming the damaged file, `LabelMapStore.read` raises, read locally and through
-an fsspec URL, and the loader raises (at construction in host mode, during the epoch
-when streaming) instead of yielding a single batch of wrong targets.
+non-zero naming the damaged file, `LabelMapStore.read` raises, read locally and from S3
+(a copy on a real S3 server on loopback, moto), and the loader raises (at construction
+in host mode, during the epoch when streaming) instead of yielding a single batch of
+wrong targets.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import warnings
 import google_crc32c
 import numpy as np
 import pytest
-from conftest import write_store_from_pt
+from conftest import s3_copy, write_store_from_pt
 
 from dali_relabel import LabelMapStore, ReLabelLoader
 from dali_relabel.cli import main
@@ -193,18 +194,6 @@ ATTRIBUTE_EDITS = {
 }
 
 
-def _url_copy(path):
-    """The store copied into fsspec's memory filesystem, as a URL."""
-    import fsspec
-
-    fs = fsspec.filesystem("memory")
-    target = f"/{os.path.basename(os.path.dirname(path))}-{path.name}"
-    if fs.exists(target):
-        fs.rm(target, recursive=True)
-    fs.put(str(path), target, recursive=True)
-    return f"memory://{target}"
-
-
 def _verify_fails(path, capsys, named):
     assert main(["verify", str(path), "--quiet"]) == 1
     out = capsys.readouterr()
@@ -213,7 +202,7 @@ def _verify_fails(path, capsys, named):
 
 # -- the suite -------------------------------------------------------------------------------
 @pytest.mark.parametrize("fault", list(DATA_FAULTS), ids=list(DATA_FAULTS))
-def test_damaged_data_is_refused_by_verify_read_and_url_read(store_copy, fault, capsys):
+def test_damaged_data_is_refused_by_verify_read_and_s3_read(store_copy, fault, capsys, s3_bucket):
     damaged = DATA_FAULTS[fault](store_copy)
     shard = os.path.relpath(damaged, store_copy)  # e.g. scores/c/1/0/0/0
 
@@ -228,37 +217,37 @@ def test_damaged_data_is_refused_by_verify_read_and_url_read(store_copy, fault, 
     with pytest.raises(StoreCorruptError, match=shard):
         LabelMapStore.open(store_copy).load(progress=False)
 
-    url = _url_copy(store_copy)
-    with pytest.raises(StoreCorruptError) as error:
+    url = s3_copy(store_copy, s3_bucket, "maps.zarr")
+    with pytest.raises(StoreCorruptError) as error:  # at open when a whole object is gone
         LabelMapStore.open(url).read(np.arange(40))
-    assert error.value.path == f"{url}/{shard}"
+    assert error.value.path == f"{url}/{shard}" and f"{url}/{shard}" in str(error.value)
     assert [p.path for p in verify_store(url, progress=False).problems] == [f"{url}/{shard}"]
 
 
 @pytest.mark.parametrize("fault", list(METADATA_FAULTS), ids=list(METADATA_FAULTS))
-def test_damaged_metadata_is_refused_naming_the_file(store_copy, fault, capsys):
+def test_damaged_metadata_is_refused_naming_the_file(store_copy, fault, capsys, s3_bucket):
     damaged = METADATA_FAULTS[fault](store_copy)
     _verify_fails(store_copy, capsys, str(damaged))
     with pytest.raises(StoreCorruptError, match=str(damaged)):
         store = LabelMapStore.open(store_copy)
         store.read(np.arange(len(store)))
         store.keys  # noqa: B018
-    url = _url_copy(store_copy)
-    with pytest.raises(StoreCorruptError, match=os.path.relpath(damaged, store_copy)):
+    url = s3_copy(store_copy, s3_bucket, "maps.zarr")
+    with pytest.raises(StoreCorruptError, match=f"{url}/{os.path.relpath(damaged, store_copy)}"):
         store = LabelMapStore.open(url)
         store.read(np.arange(len(store)))
         store.keys  # noqa: B018
 
 
 @pytest.mark.parametrize("edit", list(ATTRIBUTE_EDITS), ids=list(ATTRIBUTE_EDITS))
-def test_every_edited_attribute_is_refused_at_open(store_copy, edit, capsys):
+def test_every_edited_attribute_is_refused_at_open(store_copy, edit, capsys, s3_bucket):
     fault, message = ATTRIBUTE_EDITS[edit]
     fault(store_copy)
     for memory in (False, True):  # every memory mode opens through the same checks
         with pytest.raises(DaliRelabelError, match=message):
             LabelMapStore.open(store_copy, in_memory=memory)
     with pytest.raises(DaliRelabelError, match=message):
-        LabelMapStore.open(_url_copy(store_copy))
+        LabelMapStore.open(s3_copy(store_copy, s3_bucket, "maps.zarr"))
     assert main(["verify", str(store_copy), "--quiet"]) == 1
     assert "error:" in capsys.readouterr().err
 

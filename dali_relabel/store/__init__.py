@@ -4,7 +4,9 @@
 :func:`compact` rewrites a written store without some of its rows, :func:`rewrite` in
 the current format, and :func:`verify_store` reads every chunk and names each damaged
 shard; :func:`scan_in_store_classes` lists an image folder in a store's class space.
-The format is in docs/FORMAT.md and :mod:`dali_relabel.store._format`.
+Stores live in local folders or on S3 (``s3://bucket/path``, read in place; written
+locally, then :func:`publish`-ed; docs/STORAGE.md). The format is in docs/FORMAT.md and
+:mod:`dali_relabel.store._format`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dali_relabel.store._format import (
     class_dtype_for,
 )
 from dali_relabel.store._reader import LabelMapStore, open_store
+from dali_relabel.store._s3 import STORAGE_OPTIONS, is_s3, parse_storage_option
+from dali_relabel.store._upload import publish, published, staging_folder
 from dali_relabel.store._verify import (
     ShardProblem,
     StoreReport,
@@ -36,6 +40,7 @@ __all__ = [
     "SCORE_DTYPES",
     "SCORE_KINDS",
     "SOURCE_CHECKS",
+    "STORAGE_OPTIONS",
     "STORE_FORMAT",
     "STORE_FORMAT_VERSION",
     "LabelMapStore",
@@ -45,9 +50,14 @@ __all__ = [
     "class_dtype_for",
     "compact",
     "find_compacted",
+    "is_s3",
     "missing_shard_files",
     "open_store",
+    "parse_storage_option",
+    "publish",
+    "published",
     "rewrite",
     "scan_in_store_classes",
+    "staging_folder",
     "verify_store",
 ]

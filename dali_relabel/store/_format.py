@@ -36,6 +36,7 @@ __all__ = [
     "attributes_digest",
     "check_arrays",
     "check_attributes",
+    "check_location",
     "class_dtype_for",
     "is_url",
     "keys_digest",
@@ -76,8 +77,21 @@ def source_shape(check: str) -> tuple[int, str]:
 
 
 def is_url(path: str) -> bool:
-    """True for fsspec URLs (``s3://``, ``memory://``); ``file://`` counts as a local path."""
+    """True for URLs (``s3://``, ...); ``file://`` counts as a local path."""
     return "://" in path and not path.startswith("file://")
+
+
+def check_location(path: str) -> str:
+    """``path`` when it is a place a store can be: a local path (``file://`` too) or an
+    ``s3://`` URL; an error naming it otherwise."""
+    if is_url(path) and not path.startswith("s3://"):
+        scheme = path.split("://", 1)[0]
+        raise ArgumentError(
+            f"label map store {path!r}: {scheme}:// is not supported; a store is a local path "
+            "or an S3 URL (s3://bucket/path.zarr, also for S3-compatible servers through "
+            "AWS_ENDPOINT_URL); copy it to one of those"
+        )
+    return path
 
 
 def local_path(path: str) -> str:

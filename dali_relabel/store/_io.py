@@ -1,19 +1,20 @@
 """The store's files: metadata documents, tensorstore arrays, and damage named by file.
 
-Three jobs that the reader, the writer and verify share:
+Three jobs that the reader, the writer and verify share, for local stores and stores on
+S3 (:mod:`._s3`) alike:
 
 - the ``zarr.json`` documents are read and parsed here, not by a library, so that a
   truncated or invalid one is named by its path (neither zarr-python nor tensorstore
   names it), and the group's document is written atomically (a temporary file renamed
   over it): a kill can never leave half a document;
-- the map arrays are opened with tensorstore, strictly for format 2
-  (``fill_missing_data_reads: false``: a missing shard or chunk raises instead of
-  reading zeros) and storing every chunk (``store_data_equal_to_fill_value: true``);
+- the map arrays are opened with tensorstore (the ``file`` or the ``s3`` kvstore),
+  strictly for format 2 (``fill_missing_data_reads: false``: a missing shard or chunk
+  raises instead of reading zeros) and storing every chunk
+  (``store_data_equal_to_fill_value: true``);
 - tensorstore's errors (``NOT_FOUND``, ``DATA_LOSS``, ``FAILED_PRECONDITION``) become
-  :class:`~dali_relabel.errors.StoreCorruptError` naming the shard file, and, for
-  zarr-python (URL stores), which reads missing chunks as the fill value without a
-  word, the shard indexes are checked before their data is read
-  (:func:`check_shard_index`).
+  :class:`~dali_relabel.errors.StoreCorruptError` naming the shard file or object, and
+  a store on S3 that cannot be reached a
+  :class:`~dali_relabel.errors.StorageAccessError`.
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
-from dali_relabel.errors import StoreCorruptError
-from dali_relabel.store._format import ARRAYS, is_url, local_path
+from dali_relabel.errors import StorageAccessError, StoreCorruptError
+from dali_relabel.store._format import ARRAYS, local_path
+from dali_relabel.store._s3 import S3Location, is_s3
 
 __all__ = [
-    "check_shard_index",
     "corrupt_error",
     "describe_error",
     "missing_shards",
@@ -39,6 +38,7 @@ __all__ = [
     "read_document",
     "shard_key",
     "short_detail",
+    "store_error",
     "write_group_document",
 ]
 
@@ -50,8 +50,6 @@ _KINDS = {
     "OUT_OF_RANGE": "corrupt",
     "FAILED_PRECONDITION": "undecodable",
 }
-# An empty entry of a shard index (offset and length 2**64 - 1): a chunk not written.
-_EMPTY = np.uint64(2**64 - 1)
 
 
 # -- documents -----------------------------------------------------------------------------
@@ -67,17 +65,16 @@ def read_document(
     Raises StoreCorruptError naming the file when it is not a JSON object.
     """
     where = _join(root, key)
-    try:
-        if is_url(root):
-            import fsspec
-
-            fs, path = fsspec.core.url_to_fs(where, **dict(storage_options or {}))
-            raw = fs.cat_file(path)
-        else:
+    if is_s3(root):
+        raw = S3Location.parse(root, storage_options).get(key)
+        if raw is None:
+            return None
+    else:
+        try:
             with open(local_path(where), "rb") as f:
                 raw = f.read()
-    except FileNotFoundError:
-        return None
+        except FileNotFoundError:
+            return None
     try:
         doc = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -107,39 +104,50 @@ def write_group_document(root: str, attributes: Mapping[str, Any]) -> None:
     os.replace(tmp, os.path.join(root, "zarr.json"))
 
 
-def open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None = None):
-    """The store's Zarr group (zarr-python), from a local path or an fsspec URL."""
+def open_group(path: str, mode: str):
+    """The Zarr group (zarr-python) of the local store at ``path``."""
     import zarr
 
-    kwargs: dict[str, Any] = {"mode": mode}
-    if storage_options:
-        kwargs["storage_options"] = dict(storage_options)
-    return zarr.open_group(path if is_url(path) else local_path(path), **kwargs)
+    return zarr.open_group(local_path(path), mode=mode)
 
 
 # -- tensorstore -----------------------------------------------------------------------------
-def open_tensorstores(ts: Any, root: str, *, write: bool, strict: bool = True) -> tuple[Any, Any]:
-    """The (scores, classes) arrays of the local store at ``root``, opened by tensorstore.
+def open_tensorstores(
+    ts: Any,
+    root: str,
+    *,
+    write: bool,
+    strict: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """The (scores, classes) arrays of the store at ``root``, opened by tensorstore.
 
     Args:
         ts: the tensorstore module.
-        root: the store's folder.
+        root: the store's folder, or its ``s3://`` URL.
         write: open for writing too; writes store every chunk, also one of zeros.
         strict: a missing shard or chunk raises (format 2); False reads it as zeros
             (format 1, which did not store all-zero chunks).
+        storage_options: S3 options (:mod:`._s3`). Default: None.
     """
+    location = S3Location.parse(root, storage_options) if is_s3(root) else None
     arrays = []
     for name in ARRAYS:
+        kvstore = (
+            location.kvstore(name)
+            if location is not None
+            else {"driver": "file", "path": f"{local_path(root)}/{name}"}
+        )
         spec = {
             "driver": "zarr3",
-            "kvstore": {"driver": "file", "path": f"{root}/{name}"},
+            "kvstore": kvstore,
             "fill_missing_data_reads": not strict,
             "store_data_equal_to_fill_value": True,
         }
         try:
             arrays.append(ts.open(spec, read=True, write=write).result())
         except ValueError as e:
-            raise corrupt_error(e, root) or e from None
+            raise store_error(e, root, storage_options) or e from None
     return tuple(arrays)
 
 
@@ -160,9 +168,12 @@ def short_detail(text: str) -> str:
     return text.rsplit(": ", 1)[-1][:120]
 
 
-def describe_error(error: BaseException) -> tuple[str, str, str] | None:
+def describe_error(
+    error: BaseException, root: str = "", storage_options: Mapping[str, Any] | None = None
+) -> tuple[str, str, str] | None:
     """(kind, file, detail) of a tensorstore read error about missing or damaged data
-    (kind "missing", "corrupt" or "undecodable"), or None for any other error."""
+    (kind "missing", "corrupt" or "undecodable"), or None for any other error. The file
+    of a store on S3 (``root`` an ``s3://`` URL) is the object's ``s3://`` URL."""
     text = str(error)
     kind = _KINDS.get(text.split(":", 1)[0])
     if kind is None:
@@ -170,16 +181,46 @@ def describe_error(error: BaseException) -> tuple[str, str, str] | None:
     found = _WHERE.search(text)
     path = found.group(1) if found else ""
     detail = short_detail(text)
-    if kind == "missing" and path.startswith("/"):
+    if is_s3(root) and path:
+        # tensorstore names the object's key in the bucket
+        location = S3Location.parse(root, storage_options)
+        if kind == "missing":
+            present = location.exists(path[len(location.prefix) + 1 :])
+            detail = "one of its chunks is missing" if present else "the object is missing"
+        path = location.url_of_key(path)
+    elif kind == "missing" and path.startswith("/"):
         # tensorstore says the same of a missing file and of a chunk missing in one
         detail = "one of its chunks is missing" if os.path.isfile(path) else "the file is missing"
     return kind, path, detail
 
 
-def corrupt_error(error: BaseException, root: str) -> StoreCorruptError | None:
+# What tensorstore says when S3 cannot be reached or refuses a request.
+_UNREACHABLE = ("ABORTED", "UNAVAILABLE", "PERMISSION_DENIED", "UNAUTHENTICATED", "DEADLINE")
+
+
+def store_error(
+    error: BaseException, root: str, storage_options: Mapping[str, Any] | None = None
+) -> StoreCorruptError | StorageAccessError | None:
+    """``error`` (tensorstore's ValueError) as the library's error: StoreCorruptError
+    naming the damaged file, StorageAccessError for a store on S3 that cannot be read;
+    None when it is neither."""
+    if is_s3(root) and str(error).startswith(_UNREACHABLE):
+        location = S3Location.parse(root, storage_options)
+        return StorageAccessError(
+            f"label map store {root} cannot be read from {location.endpoint or 'AWS'} "
+            f"(region {location.region}): {short_detail(str(error))}. Check the endpoint "
+            "(AWS_ENDPOINT_URL or storage option endpoint_url), the credentials "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile) and the network"
+        )
+    return corrupt_error(error, root, storage_options)
+
+
+def corrupt_error(
+    error: BaseException, root: str, storage_options: Mapping[str, Any] | None = None
+) -> StoreCorruptError | None:
     """``error`` (tensorstore's ValueError) as a StoreCorruptError naming the damaged file,
     or None when it is not about missing or damaged data."""
-    described = describe_error(error)
+    described = describe_error(error, root, storage_options)
     if described is None:
         return None
     kind, path, detail = described
@@ -199,12 +240,21 @@ def shard_key(name: str, shard: int) -> str:
     return f"{name}/c/{shard}/0/0/0"
 
 
-def missing_shards(root: str, shards: int) -> list[str]:
-    """The shard files of a local store's map arrays that do not exist (a ``stat`` each:
-    ImageNet's 2,504 in a few milliseconds); an incomplete copy shows here before any
-    read. Empty for URLs (their shards are checked as they are read)."""
-    if is_url(root):
-        return []
+def missing_shards(
+    root: str, shards: int, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
+    """The shard files of a store's map arrays that do not exist: a ``stat`` each on a
+    local disk (ImageNet's 2,504 in a few milliseconds), one LIST on S3; an incomplete
+    copy shows here before any read."""
+    if is_s3(root):
+        location = S3Location.parse(root, storage_options)
+        listing = location.listing()
+        return [
+            f"{location.url}/{key}"
+            for name in ARRAYS
+            for shard in range(shards)
+            if (key := shard_key(name, shard)) not in listing
+        ]
     base = local_path(root)
     return [
         path
@@ -212,42 +262,3 @@ def missing_shards(root: str, shards: int) -> list[str]:
         for shard in range(shards)
         if not os.path.isfile(path := f"{base}/{shard_key(name, shard)}")
     ]
-
-
-# -- zarr-python ---------------------------------------------------------------------------
-def check_shard_index(
-    array: Any, shard: int, *, samples: int, shard_size: int, chunks: bool
-) -> tuple[str, str] | None:
-    """(kind, detail) of what keeps shard ``shard`` of a zarr-python ``array`` from being
-    read whole, or None when its index is sound.
-
-    zarr-python reads a missing shard, or a chunk missing from a shard, as the fill value
-    without a word; this reads the shard's index only (16 bytes per chunk and a crc32c,
-    a byte-range request that works on fsspec URLs too) and finds both. kind is
-    "missing" (the file, or with ``chunks`` some of its chunks) or "corrupt" (cut short,
-    or an index whose checksum does not match).
-    """
-    import google_crc32c
-    from zarr.abc.store import SuffixByteRequest
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    store = array.store_path.store
-    key = f"{array.store_path.path}/c/{shard}/0/0/0"
-    size = 16 * shard_size + 4
-    buf = sync(store.get(key, default_buffer_prototype(), SuffixByteRequest(size)))
-    if buf is None:
-        return "missing", "missing"
-    raw = buf.to_bytes()
-    if len(raw) < size:
-        return "corrupt", f"cut short ({len(raw):,} bytes; its index alone takes {size:,})"
-    if np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
-        return "corrupt", "damaged (its index checksum does not match)"
-    if chunks:
-        offsets = np.frombuffer(raw[:-4], "<u8").reshape(shard_size, 2)[:, 0]
-        present = min(shard_size, samples - shard * shard_size)
-        empty = np.flatnonzero(offsets[:present] == _EMPTY)
-        if len(empty):
-            first = shard * shard_size + int(empty[0])
-            return "missing", f"missing {len(empty):,} of its chunks (first: sample {first})"
-    return None

@@ -2,8 +2,9 @@
 
 The group's ``zarr.json`` read and parsed here (a damaged one is named), the format and
 its version, every attribute checked for type and range (:mod:`._format`) and against
-the arrays' own metadata, and, for a finished format-2 store on disk, every shard file
-present. A format-1 store passes with a one-line note.
+the arrays' own metadata, and, for a finished format-2 store, every shard file present
+(a ``stat`` each on disk, one LIST on S3). A format-1 store passes with a one-line note.
+Stores are local paths or ``s3://`` URLs; any other URL is refused here, by name.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from dali_relabel.store._format import (
     STORE_FORMAT_VERSION,
     check_arrays,
     check_attributes,
-    is_url,
+    check_location,
     legacy_note,
     local_path,
     shard_count,
 )
 from dali_relabel.store._io import missing_shards, read_document
+from dali_relabel.store._s3 import S3Location, is_s3
 
 __all__ = ["checked_attributes", "read_attributes"]
 
@@ -96,9 +98,12 @@ def checked_attributes(
     storage_options: Mapping[str, Any] | None,
 ) -> tuple[str, dict[str, Any]]:
     """(path, attributes) of the store at ``path_or_url`` once it passed every check at
-    open; a local path is made absolute (a later chdir must not move the store)."""
-    path = str(path_or_url)
-    if not is_url(path):
+    open; a local path is made absolute (a later chdir must not move the store), an S3
+    URL written ``s3://bucket/path`` (no trailing slash)."""
+    path = check_location(str(path_or_url))
+    if is_s3(path):
+        path = S3Location.parse(path, storage_options).url
+    else:
         where = Path(local_path(path))
         if not (where / "zarr.json").is_file():
             what = "does not exist" if not where.exists() else "has no zarr.json"
@@ -111,7 +116,8 @@ def checked_attributes(
     attrs = read_attributes(path, storage_options)
     if attrs is None:
         raise StoreNotFoundError(
-            f"no label map store at {path!r} (no zarr.json); create one with `dali-relabel convert`"
+            f"no label map store at {path!r} (no zarr.json); create one with `dali-relabel "
+            "convert`" + (" or check the URL and the endpoint" if is_s3(path) else "")
         )
     version = _check_version(attrs, path)
     check_attributes(attrs, path)
@@ -133,7 +139,7 @@ def checked_attributes(
         metadata[name] = doc
     check_arrays(attrs, metadata, path)
     if version >= 2 and attrs["complete"] and not allow_incomplete:
-        missing = missing_shards(path, shard_count(attrs))
+        missing = missing_shards(path, shard_count(attrs), storage_options)
         if missing:
             raise StoreCorruptError(
                 f"label map store {path!r}: {len(missing):,} of {2 * shard_count(attrs):,} "

@@ -9,10 +9,10 @@ training image; a store keeps all of them in one chunked, compressed Zarr v3 gro
 Opening a store checks its attributes against the arrays' own metadata, whatever the
 memory mode; reading checks every chunk's crc32c and refuses missing data, raising
 :class:`~dali_relabel.errors.StoreCorruptError` naming the shard file (format 2).
-Reading goes through tensorstore where it can (local paths): it decodes one-sample
-chunks tens of times faster than zarr-python (README, "Numbers"), which is what makes
-loading all of ImageNet into memory take well under a minute. URLs are read through
-zarr-python and fsspec, each shard's index checked before its data is read.
+Reading goes through tensorstore, from a local folder or from S3 (``s3://bucket/path``,
+:mod:`._s3`): it decodes one-sample chunks tens of times faster than zarr-python
+(README, "Numbers"), which is what makes loading all of ImageNet into memory take well
+under a minute.
 """
 
 from __future__ import annotations
@@ -31,22 +31,10 @@ from dali_relabel.errors import (
     StoreCorruptError,
     StoreNotFoundError,
 )
-from dali_relabel.store._format import (
-    ARRAYS,
-    SOURCES,
-    is_url,
-    keys_digest,
-    local_path,
-)
-from dali_relabel.store._io import (
-    check_shard_index,
-    corrupt_error,
-    open_group,
-    open_tensorstores,
-    shard_key,
-    short_detail,
-)
+from dali_relabel.store._format import ARRAYS, SOURCES, keys_digest, local_path
+from dali_relabel.store._io import open_group, open_tensorstores, store_error
 from dali_relabel.store._opening import checked_attributes
+from dali_relabel.store._s3 import S3Location, is_s3
 
 if TYPE_CHECKING:
     import torch
@@ -64,17 +52,23 @@ class LabelMapStore:
     data raises :class:`~dali_relabel.errors.StoreCorruptError` naming the shard file.
     """
 
-    def __init__(self, group: Any, path: str, attrs: Mapping[str, Any]) -> None:
-        self._group = group
+    def __init__(
+        self,
+        group: Any,
+        path: str,
+        attrs: Mapping[str, Any],
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._group = group  # zarr-python's group of a local store; None on S3
         self.path = path
         self.attrs: dict[str, Any] = dict(attrs)
+        self._storage_options = dict(storage_options or {})
         self._keys: tuple[str, ...] | None = None
         self._key_index: dict[str, int] | None = None
         self._memory: tuple[np.ndarray, np.ndarray] | None = None
         self._ts: tuple[Any, Any] | None = None
         # format 2 stores every chunk: a missing one is damage, not zeros
         self._strict = self.format_version >= 2
-        self._checked_shards: set[int] = set()  # zarr-python reads: indexes found whole
 
     # -- opening -------------------------------------------------------------------
     @classmethod
@@ -86,7 +80,7 @@ class LabelMapStore:
         allow_incomplete: bool = False,
         storage_options: Mapping[str, Any] | None = None,
     ) -> LabelMapStore:
-        """Open a store from a local path or an fsspec URL (``s3://...``, ``gs://...``).
+        """Open a store from a local path or an S3 URL (``s3://bucket/path.zarr``).
 
         Checks every attribute and its agreement with the arrays' own metadata; a
         format-1 store opens with a note (:class:`~dali_relabel.errors.DaliRelabelWarning`)
@@ -98,20 +92,24 @@ class LabelMapStore:
                 Default: False.
             allow_incomplete: open a store whose writing has not finished (for
                 inspection). Default: False.
-            storage_options: passed to fsspec for URLs. Default: None.
+            storage_options: for S3 stores, ``endpoint_url``, ``region``, ``profile``,
+                ``anonymous``, ``requester_pays``, ``max_retries``; unset ones come from the
+                AWS environment variables (docs/STORAGE.md). Default: None.
         """
         import zarr
 
         path, attrs = checked_attributes(
             path_or_url, allow_incomplete=allow_incomplete, storage_options=storage_options
         )
-        try:
-            group = open_group(path, "r", storage_options)
-        except (FileNotFoundError, zarr.errors.NodeTypeValidationError) as e:
-            raise StoreNotFoundError(
-                f"no label map store at {path!r} ({e}); create one with `dali-relabel convert`"
-            ) from e
-        store = cls(group, path, attrs)
+        group = None
+        if not is_s3(path):
+            try:
+                group = open_group(path, "r")
+            except (FileNotFoundError, zarr.errors.NodeTypeValidationError) as e:
+                raise StoreNotFoundError(
+                    f"no label map store at {path!r} ({e}); create one with `dali-relabel convert`"
+                ) from e
+        store = cls(group, path, attrs, storage_options)
         if in_memory:
             store.load()
         return store
@@ -176,12 +174,69 @@ class LabelMapStore:
         return int(self.attrs["num_samples"])
 
     @property
+    def storage_options(self) -> dict[str, Any]:
+        """The S3 options the store was opened with (empty for a local store)."""
+        return dict(self._storage_options)
+
+    @property
+    def location(self) -> S3Location | None:
+        """Where a store on S3 is and how it is reached; None for a local store."""
+        return S3Location.parse(self.path, self._storage_options) if is_s3(self.path) else None
+
+    def _array(self, name: str) -> np.ndarray:
+        """A small array of the store (keys, sources, blocks_done) read whole."""
+        location = self.location
+        if location is not None:
+            return np.asarray(location.read_array(name))
+        return np.asarray(self._group[name][...])
+
+    def written_blocks(self) -> np.ndarray:
+        """Which blocks (shards) a writer finished: bool [shards] (all of them in a
+        finished store)."""
+        return np.asarray(self._array("blocks_done"), dtype=bool)
+
+    def fingerprint(self) -> str:
+        """A digest of everything the decoded table depends on: the group's and the map
+        arrays' ``zarr.json`` (attributes included) and the name, size and modification
+        time (on S3: ETag, from one LIST) of every shard. A rewritten shard or attribute
+        changes it: what a copy of the table kept between runs is checked against."""
+        import hashlib
+
+        location = self.location
+        if location is not None:
+            lines = location.fingerprint()
+        else:
+            root = local_path(self.path)
+            lines = []
+            for rel in ("zarr.json", *(f"{name}/zarr.json" for name in ARRAYS)):
+                with open(os.path.join(root, rel), "rb") as f:
+                    lines.append(f"{rel}\0{hashlib.sha256(f.read()).hexdigest()}")
+            entries = []
+            for name in ARRAYS:
+                stack = [os.path.join(root, name, "c")]
+                while stack:
+                    try:
+                        it = os.scandir(stack.pop())
+                    except FileNotFoundError:
+                        continue  # an empty store has no shard folder
+                    with it:
+                        for entry in it:
+                            if entry.is_dir(follow_symlinks=False):
+                                stack.append(entry.path)
+                            else:
+                                st = entry.stat()
+                                rel = entry.path[len(root) + 1 :]
+                                entries.append(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}")
+            lines += sorted(entries)
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+    @property
     def keys(self) -> tuple[str, ...]:
         """Sample keys in sample order (relative image path without extension)."""
         if self._keys is None:
             where = f"{self.path}/keys"
             try:
-                keys = tuple(str(k) for k in self._group["keys"][...].tolist())
+                keys = tuple(str(k) for k in self._array("keys").tolist())
             except (ValueError, KeyError, OSError) as e:
                 raise StoreCorruptError(
                     f"label map store {self.path}: the keys array cannot be read ({e}); restore "
@@ -234,21 +289,23 @@ class LabelMapStore:
         (size, mtime_ns) or uint8 [N, 32] (sha256); None when the store records none."""
         if self.attrs.get("sources") is None:
             return None
-        return np.asarray(self._group[SOURCES][...])
+        return self._array(SOURCES)
 
     # -- reading ---------------------------------------------------------------------
     @property
     def in_memory(self) -> bool:
         return self._memory is not None
 
-    def _tensorstores(self) -> tuple[Any, Any] | None:
-        if self._ts is None and not is_url(self.path):
-            try:
-                import tensorstore as ts
-            except ImportError:
-                return None
+    def _tensorstores(self) -> tuple[Any, Any]:
+        if self._ts is None:
+            import tensorstore as ts
+
             self._ts = open_tensorstores(
-                ts, local_path(self.path), write=False, strict=self._strict
+                ts,
+                self.path,
+                write=False,
+                strict=self._strict,
+                storage_options=self._storage_options,
             )
         return self._ts
 
@@ -259,71 +316,10 @@ class LabelMapStore:
         try:
             return futures[0].result(), futures[1].result()
         except ValueError as e:
-            raise corrupt_error(e, self.path) or e from e
-
-    def _shard_path(self, name: str, shard: int) -> str:
-        return f"{self.path}/{shard_key(name, shard)}"
-
-    def _check_shards(self, rows: np.ndarray) -> None:
-        """zarr-python reads missing data as zeros: check the shard indexes first."""
-        size = self.shard_size
-        for shard in np.unique(rows // size).tolist():
-            if shard in self._checked_shards:
-                continue
-            for name in ARRAYS:
-                problem = check_shard_index(
-                    self._group[name],
-                    shard,
-                    samples=len(self),
-                    shard_size=size,
-                    chunks=self._strict,
-                )
-                # format 1 did not store chunks of zeros: missing data reads as zeros
-                if problem is not None and (self._strict or problem[0] != "missing"):
-                    path = self._shard_path(name, shard)
-                    raise StoreCorruptError(
-                        f"label map store {self.path}: shard {path} is {problem[1]}. Run "
-                        f"`dali-relabel verify {self.path}` to list every damaged shard; "
-                        "restore the store from a good copy or write it again",
-                        path=path,
-                        kind=problem[0],
-                    )
-            self._checked_shards.add(shard)
-
-    def _zarr_read(self, rows: np.ndarray, contiguous: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Both arrays at ``rows`` through zarr-python, shard indexes checked first."""
-        self._check_shards(rows)
-
-        def get(name: str, at: np.ndarray) -> np.ndarray:
-            array = self._group[name]
-            if contiguous:
-                return array[int(at[0]) : int(at[-1]) + 1]
-            return array.get_orthogonal_selection((at,))
-
-        try:
-            return get("scores", rows), get("classes", rows)
-        except ValueError as first:
-            # zarr-python's checksum error names no file: find the shard that fails.
-            size = self.shard_size
-            for shard in np.unique(rows // size).tolist():
-                for name in ARRAYS:
-                    try:
-                        self._group[name][shard * size : (shard + 1) * size]
-                    except ValueError as e:
-                        path = self._shard_path(name, shard)
-                        raise StoreCorruptError(
-                            f"label map store {self.path}: shard {path} is corrupt "
-                            f"({short_detail(str(e))}). Run "
-                            f"`dali-relabel verify {self.path}` to list every damaged shard; "
-                            "restore the store from a good copy or write it again",
-                            path=path,
-                        ) from e
-            raise first
+            raise store_error(e, self.path, self._storage_options) or e from e
 
     def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._tensorstores() is not None:
-            return self._ts_read(slice(start, stop))
-        return self._zarr_read(np.arange(start, stop), contiguous=True)
+        return self._ts_read(slice(start, stop))
 
     def load(self, *, progress: bool = True) -> LabelMapStore:
         """Read the whole table into host memory (ImageNet at k=5, 15x15: about 5.8 GB).
@@ -374,10 +370,7 @@ class LabelMapStore:
             return np.empty(empty, self.score_dtype), np.empty(empty, self.class_dtype)
         # Sorted unique reads are what chunked stores serve fastest.
         uniq, inverse = np.unique(idx, return_inverse=True)
-        if self._tensorstores() is not None:
-            scores, classes = self._ts_read(uniq)
-        else:
-            scores, classes = self._zarr_read(uniq, contiguous=False)
+        scores, classes = self._ts_read(uniq)
         return scores[inverse], classes[inverse]
 
     def read_torch(

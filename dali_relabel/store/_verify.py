@@ -5,8 +5,7 @@ the data: every shard file of both map arrays, one at a time (a few in flight), 
 strict reads (format 2: a missing shard or chunk is an error, every chunk's crc32c is
 compared), and checks the decoded values (finite scores, class indices in range). Each
 missing, damaged or out-of-range shard is reported by its path; nothing stops at the
-first one. Local stores are read with tensorstore, URLs with zarr-python after their
-shard indexes are checked (zarr-python reads missing chunks as zeros).
+first one. Local stores and stores on S3 are read alike, by tensorstore.
 """
 
 from __future__ import annotations
@@ -19,15 +18,13 @@ from typing import Any
 import numpy as np
 
 from dali_relabel.errors import StoreCorruptError
-from dali_relabel.store._format import ARRAYS, is_url, local_path, shard_count
+from dali_relabel.store._format import ARRAYS, shard_count
 from dali_relabel.store._io import (
-    check_shard_index,
     describe_error,
     missing_shards,
-    open_group,
     open_tensorstores,
     shard_key,
-    short_detail,
+    store_error,
 )
 from dali_relabel.store._reader import LabelMapStore
 
@@ -92,12 +89,22 @@ def _values(name: str, data: np.ndarray, num_classes: int) -> str | None:
     return f"{int(bad.sum()):,} {what}"
 
 
-def _read_local(store: LabelMapStore, group: Any, shards: list[int]) -> Iterator[_Read]:
+def _read_shards(
+    store: LabelMapStore, shards: list[int], storage_options: Mapping[str, Any] | None
+) -> Iterator[_Read]:
     """Every shard of both arrays read by tensorstore, a few in flight."""
     import tensorstore as ts
 
     strict = store.format_version >= 2
-    arrays = open_tensorstores(ts, local_path(store.path), write=False, strict=strict)
+    arrays = open_tensorstores(
+        ts, store.path, write=False, strict=strict, storage_options=storage_options
+    )
+    # format 1 reads a missing shard as zeros: look for the files first
+    absent = (
+        set()
+        if strict
+        else set(missing_shards(store.path, shard_count(store.attrs), storage_options))
+    )
     n, size = len(store), store.shard_size
     for w in range(0, len(shards), _IN_FLIGHT):
         futures = [
@@ -107,39 +114,22 @@ def _read_local(store: LabelMapStore, group: Any, shards: list[int]) -> Iterator
         ]
         for name, s, future in futures:
             path = f"{store.path}/{shard_key(name, s)}"
-            if not strict and not os.path.isfile(path):  # format 1 reads it as zeros
+            if path in absent:
                 yield name, s, ("missing", path, "missing")
                 continue
             try:
                 yield name, s, future.result()
             except ValueError as e:
-                described = describe_error(e)
+                described = describe_error(e, store.path, storage_options)
                 if described is None:
-                    raise
+                    raise store_error(e, store.path, storage_options) or e from None
                 yield name, s, described
 
 
-def _read_url(store: LabelMapStore, group: Any, shards: list[int]) -> Iterator[_Read]:
-    """The same through zarr-python, each shard's index checked before its data."""
-    strict = store.format_version >= 2
-    n, size = len(store), store.shard_size
-    for s in shards:
-        for name in ARRAYS:
-            path = f"{store.path}/{shard_key(name, s)}"
-            found = check_shard_index(group[name], s, samples=n, shard_size=size, chunks=strict)
-            if found is not None:
-                yield name, s, (found[0], path, found[1])
-                continue
-            try:
-                yield name, s, group[name][s * size : min(n, (s + 1) * size)]
-            except ValueError as e:
-                yield name, s, ("corrupt", path, short_detail(str(e)))
-
-
 def missing_shard_files(store: LabelMapStore) -> list[str]:
-    """The shard files of ``store`` that do not exist (local stores; a ``stat`` each, no
-    read): what ``info`` checks, and what opening a finished store refuses."""
-    return missing_shards(store.path, shard_count(store.attrs))
+    """The shard files of ``store`` that do not exist (a ``stat`` each, or one LIST on S3;
+    no read): what ``info`` checks, and what opening a finished store refuses."""
+    return missing_shards(store.path, shard_count(store.attrs), store.storage_options)
 
 
 def verify_store(
@@ -153,7 +143,7 @@ def verify_store(
     Args:
         store: the store, a path or a URL; an incomplete one is read as far as its
             blocks are written, and reported incomplete.
-        storage_options: passed to fsspec for URLs. Default: None.
+        storage_options: S3 options (:meth:`LabelMapStore.open`). Default: None.
         progress: show a progress bar. Default: True.
 
     Raises the store's opening errors as they are (damaged or edited metadata: a store
@@ -162,13 +152,12 @@ def verify_store(
     from tqdm.auto import tqdm
 
     opened = LabelMapStore.open(store, allow_incomplete=True, storage_options=storage_options)
-    group = open_group(opened.path, "r", storage_options)
     total = shard_count(opened.attrs)
     problems: list[ShardProblem] = []
     if opened.complete:
         shards = list(range(total))
     else:
-        done = np.asarray(group["blocks_done"][...], dtype=bool)
+        done = opened.written_blocks()
         shards = [s for s in range(total) if done[s]]
         problems.append(
             ShardProblem(
@@ -182,10 +171,9 @@ def verify_store(
         opened.keys  # noqa: B018 (reading the keys checks them against keys_sha256)
     except StoreCorruptError as e:
         problems.append(ShardProblem(e.path, "corrupt", "the keys do not match keys_sha256"))
-    read = _read_url if is_url(opened.path) else _read_local
     checked = 0
     with tqdm(total=2 * len(shards), unit="shards", desc="verifying", disable=not progress) as bar:
-        for name, shard, data in read(opened, group, shards):
+        for name, shard, data in _read_shards(opened, shards, storage_options):
             checked += 1
             bar.update(1)
             if isinstance(data, tuple):

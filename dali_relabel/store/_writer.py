@@ -140,7 +140,11 @@ class LabelMapWriter:
         """
         path = str(path)
         if is_url(path):
-            raise ArgumentError(f"stores are written to local paths, got URL {path!r}")
+            raise ArgumentError(
+                f"a LabelMapWriter writes a local folder, got URL {path!r}; write the store "
+                "locally and upload it with dali_relabel.store.publish (convert and generate "
+                "do both when given an s3:// output)"
+            )
         path = str(Path(local_path(path)).resolve())  # a later chdir must not move it
         keys = [str(key) for key in keys]
         attrs = attributes(
