@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from dali_relabel.cli._options import add_storage_options, storage_options
 from dali_relabel.cli._store import print_headline
 from dali_relabel.constants import DEFAULT_TOPK
 from dali_relabel.labelmaps import DECODERS, LAYOUTS
@@ -22,7 +23,11 @@ def add_commands(subparsers) -> None:
         "store's headline figures (see `dali-relabel report`).",
     )
     p.add_argument("src", help="folder of .pt label maps")
-    p.add_argument("out", help="store to write (a folder, e.g. relabel.zarr)")
+    p.add_argument(
+        "out",
+        help="store to write: a folder (e.g. relabel.zarr) or s3://bucket/relabel.zarr "
+        "(written locally, then uploaded; complete once every object is up)",
+    )
     p.add_argument(
         "--layout",
         choices=LAYOUTS,
@@ -49,6 +54,7 @@ def add_commands(subparsers) -> None:
         "the targets' top class is the folder's. Default: none",
     )
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help=argparse.SUPPRESS)
+    add_storage_options(p)
     p.set_defaults(func=_convert)
 
     p = subparsers.add_parser(
@@ -62,7 +68,9 @@ def add_commands(subparsers) -> None:
         "with the store's headline figures (see `dali-relabel report`).",
     )
     p.add_argument("images", help="ImageFolder tree: class folders with images (e.g. train/)")
-    p.add_argument("out", help="label map store to write")
+    p.add_argument(
+        "out", help="label map store to write: a folder or s3://bucket/path (uploaded at the end)"
+    )
     p.add_argument(
         "--teacher",
         action="append",
@@ -113,6 +121,7 @@ def add_commands(subparsers) -> None:
         "rerun finds changed images even where times cannot be trusted",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_storage_options(p)
     p.set_defaults(func=_generate)
 
     p = subparsers.add_parser(
@@ -153,6 +162,7 @@ def _convert(args) -> int:
         score_dtype="float32" if args.float32 else "float16",
         workers=args.workers,
         shard_size=args.shard_size,
+        storage_options=storage_options(args),
     )
     print(store.summary())
     print_headline(store, args.images)
@@ -182,6 +192,7 @@ def _generate(args) -> int:
         workers=args.workers,
         image_check="sha256" if args.hash_images else "stat",
         progress=not args.quiet,
+        storage_options=storage_options(args),
     )
     skipped = store.provenance.get("skipped_images", [])
     note = (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from dali_relabel.cli._options import add_storage_options, storage_options
+
 __all__ = ["add_commands", "print_headline"]
 
 
@@ -11,7 +13,8 @@ def add_commands(subparsers) -> None:
     from dali_relabel.labelmaps import DEFAULT_SAMPLES
 
     p = subparsers.add_parser("info", help="print a summary of a label map store")
-    p.add_argument("store")
+    p.add_argument("store", help="a folder or s3://bucket/path")
+    add_storage_options(p)
     p.set_defaults(func=_info)
 
     p = subparsers.add_parser(
@@ -22,10 +25,11 @@ def add_commands(subparsers) -> None:
         "--images, also report images without a label map and label maps without an image. "
         "Exit status 1 when anything is wrong.",
     )
-    p.add_argument("store")
+    p.add_argument("store", help="a folder or s3://bucket/path")
     p.add_argument("--images", help="ImageFolder tree (e.g. imagenet/train) to compare keys with")
     p.add_argument("--list", action="store_true", help="list every problem, not the first 10")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_storage_options(p)
     p.set_defaults(func=_verify)
 
     p = subparsers.add_parser(
@@ -71,7 +75,9 @@ def add_commands(subparsers) -> None:
 def _info(args) -> int:
     from dali_relabel.store import LabelMapStore, missing_shard_files
 
-    store = LabelMapStore.open(args.store, allow_incomplete=True)
+    store = LabelMapStore.open(
+        args.store, allow_incomplete=True, storage_options=storage_options(args)
+    )
     print(store.summary())
     missing = missing_shard_files(store) if store.complete else []
     if missing:
@@ -94,7 +100,8 @@ def _verify(args) -> int:
     from dali_relabel.store import verify_store
 
     shown = None if args.list else 10
-    report = verify_store(args.store, progress=not args.quiet)
+    options = storage_options(args)
+    report = verify_store(args.store, storage_options=options, progress=not args.quiet)
     print(
         f"label map store {report.path}: format {report.format_version}, {report.samples:,} "
         f"samples, {report.shards:,} shard files read"
@@ -108,8 +115,9 @@ def _verify(args) -> int:
     ok = report.ok
     if args.images is not None:
         from dali_relabel.labelmaps import verify_keys
+        from dali_relabel.store import LabelMapStore
 
-        keys = verify_keys(args.store, args.images)
+        keys = verify_keys(LabelMapStore.open(args.store, storage_options=options), args.images)
         print(f"{keys.images:,} images under {args.images}, {keys.maps:,} label maps in the store")
         _listed("images without a label map", keys.without_map, shown)
         _listed("maps without an image", keys.without_image, shown)

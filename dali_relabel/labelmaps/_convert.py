@@ -19,11 +19,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import ctypes
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,16 @@ from dali_relabel._walk import walk_tree
 from dali_relabel.constants import IMAGENET_NUM_CLASSES
 from dali_relabel.errors import LabelMapFormatError, NotFoundError
 from dali_relabel.imagenet import imagenet_wnids
-from dali_relabel.store import DEFAULT_SHARD_SIZE, SCORE_DTYPES, LabelMapStore, LabelMapWriter
+from dali_relabel.store import (
+    DEFAULT_SHARD_SIZE,
+    SCORE_DTYPES,
+    LabelMapStore,
+    LabelMapWriter,
+    is_s3,
+    publish,
+    published,
+    staging_folder,
+)
 
 __all__ = ["LAYOUTS", "convert", "find_label_map_files", "load_label_map_file"]
 
@@ -210,16 +220,18 @@ def convert(
     class_names: Sequence[str] | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> LabelMapStore:
     """Convert a tree of ``.pt`` label maps into a store; resume an interrupted one.
 
     Killed at any point and run again with the same arguments, the conversion
     completes and equals an uninterrupted one; the store is marked complete only
-    when every block is written.
+    when every block is written. An ``s3://`` output is written into a local staging
+    folder, then uploaded with ``complete`` set last (:func:`~dali_relabel.store.publish`).
 
     Args:
         src: folder of ``<wnid>/<stem>.pt`` files.
-        out: path of the store to write.
+        out: path of the store to write, or ``s3://bucket/path.zarr``.
         layout: "official" (transpose H/W, see the module docstring) or "hw". Default: "official".
         num_classes: classes of the teacher. Default: 1000 for official files, C for dense maps.
         topk: classes kept per cell from dense maps. Default: 5.
@@ -230,6 +242,8 @@ def convert(
             num_classes is 1000, else None.
         shard_size: samples per shard and per block. Default: 1024.
         progress: show a progress bar. Default: True.
+        storage_options: S3 options of an ``s3://`` output
+            (:meth:`~dali_relabel.store.LabelMapStore.open`). Default: None.
     """
     from tqdm.auto import tqdm
 
@@ -242,6 +256,9 @@ def convert(
     workers = max(1, os.cpu_count() or 1) if workers is None else workers
     workers = _checks.at_least("workers", workers, 0)
     files = find_label_map_files(src)
+    target = str(out) if is_s3(str(out)) else None
+    if target is not None:  # written here first, uploaded at the end
+        out = staging_folder(target, storage_options)
     expect, example = _common_shape(files, num_classes, topk, layout)
     if num_classes is None:
         import torch
@@ -262,6 +279,9 @@ def convert(
         layout=layout,
         shard_size=shard_size,
     )
+    if target is not None and (finished := published(target, writer.attrs, storage_options)):
+        shutil.rmtree(writer.path)  # uploaded by an earlier run: nothing to do
+        return finished
     missing = writer.missing_blocks()
     done = len(files) - sum(stop - start for start, stop in missing)
     args: dict[str, Any] = {
@@ -297,4 +317,7 @@ def convert(
                     for future in futures:
                         future.cancel()
                     raise
-    return writer.finalize()
+    store = writer.finalize()
+    if target is not None:
+        store = publish(store.path, target, storage_options=storage_options, progress=progress)
+    return store

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,9 @@ from dali_relabel.errors import (
     DaliRelabelWarning,
     ImageDecodeError,
     NotFoundError,
+    StoreIncompleteError,
     StoreMismatchError,
+    StoreNotFoundError,
     TeacherError,
 )
 from dali_relabel.imagefolder import scan_image_folder
@@ -47,7 +49,16 @@ from dali_relabel.imagenet import imagenet_wnids
 from dali_relabel.labelmaps._buffers import BlockBuffers, clear_bad_list, load_bad_list
 from dali_relabel.labelmaps._decode import DECODERS, image_batches
 from dali_relabel.labelmaps._sources import SOURCE_CHECKS, changed_rows, source_records
-from dali_relabel.store import SCORE_KINDS, LabelMapStore, LabelMapWriter, compact, find_compacted
+from dali_relabel.store import (
+    SCORE_KINDS,
+    LabelMapStore,
+    LabelMapWriter,
+    compact,
+    find_compacted,
+    is_s3,
+    publish,
+    staging_folder,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -169,6 +180,7 @@ def generate_label_maps(
     shard_size: int = 1024,
     image_check: str = "stat",
     progress: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> LabelMapStore:
     """Label maps of every image under ``images`` from one teacher or an ensemble.
 
@@ -179,7 +191,9 @@ def generate_label_maps(
 
     Args:
         images: an ImageFolder tree (class folders directly under it, e.g. imagenet/train).
-        out: the store to write (a local folder).
+        out: the store to write: a local folder, or ``s3://bucket/path.zarr`` (written
+            into a local staging folder, then uploaded with ``complete`` set last; a
+            finished store there is returned as it is, refused when its images changed).
         teacher: a teacher name (see :func:`~dali_relabel.labelmaps.load_teacher`), an
             ``nn.Module`` classifier, a :class:`~dali_relabel.labelmaps.DenseTeacher`, or a
             sequence of them for an ensemble (scores averaged per cell, then top-k).
@@ -213,6 +227,8 @@ def generate_label_maps(
         image_check: how a rerun tells that an image changed: "stat" (size and
             modification time) or "sha256" (its bytes, hashed on every run). Default: "stat".
         progress: show a progress bar. Default: True.
+        storage_options: S3 options of an ``s3://`` output
+            (:meth:`~dali_relabel.store.LabelMapStore.open`). Default: None.
 
     Returns:
         The finished store, opened.
@@ -240,7 +256,9 @@ def generate_label_maps(
         _checks.positive_int("grid", grid)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     workers = _checks.at_least("workers", workers, 0)
-    out = Path(out)
+    target = str(out) if is_s3(str(out)) else None
+    # an S3 store is written here first, uploaded at the end
+    out = Path(out) if target is None else staging_folder(target, storage_options)
     samples = scan_image_folder(images)
     if not samples:
         raise NotFoundError(f"no images in the class folders under {str(images)!r}")
@@ -307,10 +325,15 @@ def generate_label_maps(
     }
 
     current = source_records(paths, image_check, progress=progress)
+    if target is not None:
+        done = _uploaded(target, keys, params, storage_options)
+        if done is not None:
+            _refuse_stale(done, keys, current, "it is on S3, not rewritten in place")
+            return done
     done = find_compacted(out, keys, params)
     if done is not None:
-        _refuse_stale_compacted(done, keys, current)
-        return done
+        _refuse_stale(done, keys, current, "it was written without its undecodable images")
+        return _published(done, target, storage_options, progress)
     writer = LabelMapWriter.create(out, keys, **params)
     _forget_changed(writer, keys, current)
     bad = load_bad_list(out)
@@ -370,8 +393,46 @@ def generate_label_maps(
                 f"none of the {len(keys):,} images could be decoded "
                 f"(first: {next(iter(bad.values()))})"
             )
-        return compact(out, keys, bad, params)
-    return writer.finalize()
+        return _published(compact(out, keys, bad, params), target, storage_options, progress)
+    return _published(writer.finalize(), target, storage_options, progress)
+
+
+def _published(
+    store: LabelMapStore,
+    target: str | None,
+    storage_options: Mapping[str, Any] | None,
+    progress: bool,
+) -> LabelMapStore:
+    """``store``, uploaded to ``target`` first when the output is on S3."""
+    if target is None:
+        return store
+    return publish(store.path, target, storage_options=storage_options, progress=progress)
+
+
+def _uploaded(
+    target: str, keys: Sequence[str], params: dict[str, Any], storage_options: Any
+) -> LabelMapStore | None:
+    """The finished store at ``target`` when an earlier run uploaded it with these
+    parameters (bad images left out or not); None when none is finished there."""
+    try:
+        store = LabelMapStore.open(target, storage_options=storage_options)
+    except (StoreNotFoundError, StoreIncompleteError):
+        return None
+    prov = store.provenance
+    skipped = prov.pop("skipped_images", [])
+    same = (
+        prov == params["provenance"]
+        and set(store.keys) | set(skipped) == set(keys)
+        and store.k == params["k"]
+        and store.score_dtype == np.dtype(params["score_dtype"])
+        and int(store.attrs.get("shard_size", -1)) == int(params["shard_size"])
+    )
+    if not same:
+        raise StoreMismatchError(
+            f"{store.path} holds a label map store of other parameters or other images; "
+            f"choose another URL, or delete it (aws s3 rm --recursive {store.path})"
+        )
+    return store
 
 
 def _written_rows(writer: LabelMapWriter) -> np.ndarray:
@@ -396,9 +457,9 @@ def _forget_changed(writer: LabelMapWriter, keys: Sequence[str], current: np.nda
     writer.forget_blocks(changed)
 
 
-def _refuse_stale_compacted(store: LabelMapStore, keys: Sequence[str], current: np.ndarray):
-    """A compacted store (bad images left out) cannot be rewritten in place: refuse it
-    when its images changed."""
+def _refuse_stale(store: LabelMapStore, keys: Sequence[str], current: np.ndarray, why: str):
+    """A store that cannot be rewritten in place (bad images left out, or on S3): refuse
+    it when its images changed; ``why`` says why it cannot."""
     position = {key: i for i, key in enumerate(keys)}
     rows = np.array([position[key] for key in store.keys], dtype=np.int64)
     changed = changed_rows(store.sources(), current[rows], np.arange(len(rows)))
@@ -406,7 +467,6 @@ def _refuse_stale_compacted(store: LabelMapStore, keys: Sequence[str], current: 
         first = ", ".join(store.keys[i] for i in changed[:3])
         raise StoreMismatchError(
             f"{len(changed):,} of {len(store):,} images changed since the label maps in "
-            f"{store.path!r} were written (first: {first}); the store was written without its "
-            "undecodable images (--skip-bad-images), so its maps cannot be computed again in "
-            "place: delete it, or write to another output"
+            f"{store.path!r} were written (first: {first}); {why}, so its maps cannot be "
+            "computed again in place: delete it, or write to another output"
         )

@@ -60,7 +60,7 @@ class LabelMaps:
     ) -> None:
         if memory == "auto":
             nbytes = len(rows) * store.bytes_per_sample  # the store's own dtypes
-            memory = _auto_memory(nbytes, device, store.in_memory)
+            memory = _auto_memory(nbytes, device, store.in_memory, store.location is not None)
         if memory == "device" and device.type != "cuda":
             raise ArgumentError(f"label_map_memory='device' needs a CUDA device, got {device}")
         #: Where the maps are: "host", "device" or "stream" (read from the store per batch).
@@ -145,13 +145,22 @@ def _available_host_bytes() -> int | None:
         return None
 
 
-def _auto_memory(nbytes: int, device: torch.device, in_memory: bool) -> str:
+def _auto_memory(nbytes: int, device: torch.device, in_memory: bool, remote: bool) -> str:
     if device.type == "cuda" and nbytes <= _DEVICE_SHARE * torch.cuda.mem_get_info(device)[0]:
         return "device"
     if in_memory:
         return "host"
     available = _available_host_bytes()
     if available is None or nbytes <= _HOST_SHARE * available:
+        return "host"
+    if remote:  # streaming from S3 is a request per sample and batch: read it once
+        warnings.warn(
+            f"the label maps take {nbytes / 2**30:.1f} GiB, more than half of the "
+            f"{available / 2**30:.1f} GiB of available memory, but the store is on S3: "
+            "keeping them in host memory all the same (label_map_memory='stream' would read "
+            "every batch's maps over the network)",
+            stacklevel=4,
+        )
         return "host"
     warnings.warn(
         f"the label maps take {nbytes / 2**30:.1f} GiB, more than half of the "

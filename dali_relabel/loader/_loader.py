@@ -83,8 +83,8 @@ class ReLabelLoader:
 
     Args:
         root: ImageFolder tree, class folders directly under it (e.g. ``imagenet/train``).
-        label_maps: label-map store (path, URL or open :class:`LabelMapStore`), or None
-            for hard targets only.
+        label_maps: label-map store (a path, ``s3://bucket/path.zarr`` or an open
+            :class:`LabelMapStore`), or None for hard targets only.
         batch_size: samples per batch (the last batch of an epoch may be smaller; above
             the samples of a rank, one batch of all of them). Default: 256.
         train: RandomResizedCrop + flip, shuffled; False: resize, center crop, sample
@@ -127,8 +127,12 @@ class ReLabelLoader:
         label_map_memory: "host" (the dataset's maps in host memory), "device" (on the
             CUDA device), "stream" (read from the store per batch, read-ahead in a
             thread) or "auto" (device if they take under a quarter of its free memory,
-            else host if under half of the available memory, else stream).
+            else host if under half of the available memory, else stream; a store on S3
+            is never streamed by "auto": its table is read once, shard by shard).
             Default: "auto".
+        storage_options: how an ``s3://`` store is reached (``endpoint_url``,
+            ``region``, ``profile``, ...; :meth:`LabelMapStore.open`); unset ones come
+            from the AWS environment variables. Default: None.
         on_bad_image: "raise" stops at the first undecodable file with an error naming
             it; "skip" checks every file at construction (signature bytes, the size its
             header declares, JPEG end marker, Pillow) and leaves out those that fail,
@@ -183,6 +187,7 @@ class ReLabelLoader:
         local_size: int | tuple[int, int] | None = None,
         temperature: float = 1.0,
         label_map_memory: str = "auto",
+        storage_options: dict[str, Any] | None = None,
         on_bad_image: str = "raise",
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         cutmix_alpha: float = 0.0,
@@ -265,7 +270,7 @@ class ReLabelLoader:
         self.seed = int(seed)
         rank, world_size = resolve_shard(rank, world_size)
 
-        self.store = None if label_maps is None else open_store(label_maps)
+        self.store = None if label_maps is None else open_store(label_maps, storage_options)
         self.dataset = scan_in_store_classes(root, self.store)
         self.skipped_images: list[tuple[str, str]] = []
         if on_bad_image == "skip":

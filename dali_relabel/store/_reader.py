@@ -427,13 +427,16 @@ def _short(value: Any, limit: int = 100) -> str:
     return text if len(text) <= limit else f"{text[: limit - 5]} ..."
 
 
-def open_store(store: str | os.PathLike | LabelMapStore) -> LabelMapStore:
-    """``store`` as an open :class:`LabelMapStore`: a path or URL is opened, an open store
-    is returned as it is (what every function taking "a store" accepts)."""
+def open_store(
+    store: str | os.PathLike | LabelMapStore, storage_options: Mapping[str, Any] | None = None
+) -> LabelMapStore:
+    """``store`` as an open :class:`LabelMapStore`: a path or URL is opened (with
+    ``storage_options`` for S3), an open store is returned as it is (what every function
+    taking "a store" accepts)."""
     if isinstance(store, LabelMapStore):
         return store
     if isinstance(store, (str, os.PathLike)):
-        return LabelMapStore.open(store)
+        return LabelMapStore.open(store, storage_options=storage_options)
     raise ArgumentTypeError(
         f"a label map store is a path, a URL or a LabelMapStore, got {type(store).__name__}"
     )
