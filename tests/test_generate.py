@@ -257,6 +257,33 @@ def test_resume_after_an_interruption_equals_one_run(images, tmp_path, monkeypat
         np.testing.assert_array_equal(a, b)
 
 
+def test_generate_into_s3_then_rerun_finds_it(images, store, lite0, s3_bucket, monkeypatch):
+    from dali_relabel.store._s3 import S3Location
+
+    url = f"s3://{s3_bucket}/gen/maps.zarr"
+    kwargs = dict(teacher=lite0, resolution=RES, batch_size=4, workers=1, progress=False)
+    remote = generate_label_maps(images, url, **kwargs)
+    assert remote.path == url and remote.keys == store.keys
+    assert remote.provenance == store.provenance
+    for a, b in zip(_maps(remote), _maps(store), strict=True):
+        np.testing.assert_array_equal(a, b)
+    puts = []
+    put = S3Location.put
+    monkeypatch.setattr(
+        S3Location, "put", lambda s, rel, data: puts.append(rel) or put(s, rel, data)
+    )
+    again = generate_label_maps(images, url, **kwargs)  # found finished: nothing computed
+    assert again.path == url and puts == []
+    rocket = images / "n03773504" / "rocket.JPEG"
+    before = os.stat(rocket)
+    os.utime(rocket, ns=(1, 1))  # an image changed since its maps were written
+    try:
+        with pytest.raises(StoreMismatchError, match=r"n03773504/rocket\); it is on S3"):
+            generate_label_maps(images, url, **kwargs)
+    finally:  # the module's other tests see the image as it was
+        os.utime(rocket, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
 _CHILD = """
 import sys
 from dali_relabel.labelmaps import generate_label_maps
