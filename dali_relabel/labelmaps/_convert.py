@@ -319,5 +319,11 @@ def convert(
                     raise
     store = writer.finalize()
     if target is not None:
-        store = publish(store.path, target, storage_options=storage_options, progress=progress)
+        store = publish(
+            store.path,
+            target,
+            storage_options=storage_options,
+            progress=progress,
+            remove_local=True,
+        )
     return store

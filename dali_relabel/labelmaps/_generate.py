@@ -406,7 +406,9 @@ def _published(
     """``store``, uploaded to ``target`` first when the output is on S3."""
     if target is None:
         return store
-    return publish(store.path, target, storage_options=storage_options, progress=progress)
+    return publish(
+        store.path, target, storage_options=storage_options, progress=progress, remove_local=True
+    )
 
 
 def _uploaded(

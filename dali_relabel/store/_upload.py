@@ -15,7 +15,9 @@ then :func:`publish` uploads it:
 
 A PUT is atomic on S3 (a reader sees the old object or the new one, whole; S3 is
 strongly consistent since December 2020), so ``complete: true`` can only be read once
-everything else has landed. The staging folder is removed once the store is published.
+everything else has landed. convert and generate remove their staging folder once the
+store is published. A store written elsewhere is uploaded the same way with
+``publish(local, url)``.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def publish(
     *,
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = True,
-    remove_staging: bool = True,
+    remove_local: bool = False,
 ) -> LabelMapStore:
     """Upload the finished local store ``local`` to ``url`` (the order in the module's
     docstring) and return the store there, opened; resumable.
@@ -152,7 +154,8 @@ def publish(
             resumed, a store of other attributes refused.
         storage_options: S3 options (:meth:`LabelMapStore.open`). Default: None.
         progress: show a progress bar. Default: True.
-        remove_staging: delete ``local`` once the store is published. Default: True.
+        remove_local: delete ``local`` once the store is published (what convert and
+            generate do with their staging folder). Default: False.
     """
     from tqdm.auto import tqdm
 
@@ -211,6 +214,6 @@ def publish(
         # 4. finished: one PUT of the real document
         location.put("zarr.json", final)
         store = LabelMapStore.open(location.url, storage_options=storage_options)
-    if remove_staging:
+    if remove_local:
         shutil.rmtree(local)
     return store
