@@ -27,7 +27,6 @@ import concurrent.futures as cf
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -379,9 +378,3 @@ class S3Location:
                 size, etag = listing[rel]
                 lines.append(f"{rel}\0{size}\0{etag}")
         return lines
-
-    def describe(self) -> str:
-        """A line for messages: the URL, endpoint and region."""
-        return json.dumps(
-            {"url": self.url, "endpoint": self.endpoint or "AWS", "region": self.region}
-        )
