@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -300,3 +301,18 @@ def test_refusals_name_the_differing_entry_not_whole_records(tmp_path):
     message = str(error.value)
     assert "provenance.teacher: 'a' there, 'b' now" in message
     assert "weights_sha256" not in message and "xxxx" not in message and len(message) < 300
+
+
+def test_fingerprint_of_a_local_store_follows_its_files(tmp_path):
+    path = tmp_path / "s.zarr"
+    store = _write(path)[0]
+    first = store.fingerprint()
+    assert LabelMapStore.open(path).fingerprint() == first  # stable across opens
+    shard = path / "scores" / "c" / "1" / "0" / "0" / "0"
+    os.utime(shard, ns=(1, 1))  # a shard rewritten (same size, another time)
+    second = store.fingerprint()
+    assert second != first
+    doc = json.loads((path / "zarr.json").read_text())
+    doc["attributes"]["provenance"]["note"] = "edited"
+    (path / "zarr.json").write_text(json.dumps(doc))
+    assert store.fingerprint() not in (first, second)

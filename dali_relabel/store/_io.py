@@ -32,6 +32,7 @@ from dali_relabel.store._s3 import S3Location, is_s3
 __all__ = [
     "corrupt_error",
     "describe_error",
+    "local_fingerprint",
     "missing_shards",
     "open_group",
     "open_tensorstores",
@@ -232,6 +233,37 @@ def corrupt_error(
         path=path,
         kind=kind,
     )
+
+
+def local_fingerprint(root: str) -> list[str]:
+    """What a copy of a local store's table depends on, in lines: the digests of the
+    group's and the map arrays' ``zarr.json`` and ``path, size, mtime_ns`` of every shard
+    file (ImageNet's 2,504 in about 0.1 s); the S3 version is
+    :meth:`S3Location.fingerprint`."""
+    import hashlib
+
+    base = local_path(root)
+    lines = []
+    for rel in ("zarr.json", *(f"{name}/zarr.json" for name in ARRAYS)):
+        with open(os.path.join(base, rel), "rb") as f:
+            lines.append(f"{rel}\0{hashlib.sha256(f.read()).hexdigest()}")
+    entries = []
+    for name in ARRAYS:
+        stack = [os.path.join(base, name, "c")]
+        while stack:
+            try:
+                it = os.scandir(stack.pop())
+            except FileNotFoundError:
+                continue  # an empty store has no shard folder
+            with it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        st = entry.stat()
+                        rel = entry.path[len(base) + 1 :]
+                        entries.append(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}")
+    return lines + sorted(entries)
 
 
 # -- shard files -----------------------------------------------------------------------------

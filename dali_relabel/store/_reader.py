@@ -31,8 +31,13 @@ from dali_relabel.errors import (
     StoreCorruptError,
     StoreNotFoundError,
 )
-from dali_relabel.store._format import ARRAYS, SOURCES, keys_digest, local_path
-from dali_relabel.store._io import open_group, open_tensorstores, store_error
+from dali_relabel.store._format import SOURCES, keys_digest
+from dali_relabel.store._io import (
+    local_fingerprint,
+    open_group,
+    open_tensorstores,
+    store_error,
+)
 from dali_relabel.store._opening import checked_attributes
 from dali_relabel.store._s3 import S3Location, is_s3
 
@@ -203,31 +208,7 @@ class LabelMapStore:
         import hashlib
 
         location = self.location
-        if location is not None:
-            lines = location.fingerprint()
-        else:
-            root = local_path(self.path)
-            lines = []
-            for rel in ("zarr.json", *(f"{name}/zarr.json" for name in ARRAYS)):
-                with open(os.path.join(root, rel), "rb") as f:
-                    lines.append(f"{rel}\0{hashlib.sha256(f.read()).hexdigest()}")
-            entries = []
-            for name in ARRAYS:
-                stack = [os.path.join(root, name, "c")]
-                while stack:
-                    try:
-                        it = os.scandir(stack.pop())
-                    except FileNotFoundError:
-                        continue  # an empty store has no shard folder
-                    with it:
-                        for entry in it:
-                            if entry.is_dir(follow_symlinks=False):
-                                stack.append(entry.path)
-                            else:
-                                st = entry.stat()
-                                rel = entry.path[len(root) + 1 :]
-                                entries.append(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}")
-            lines += sorted(entries)
+        lines = location.fingerprint() if location is not None else local_fingerprint(self.path)
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
     @property
