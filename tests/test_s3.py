@@ -251,3 +251,22 @@ def test_fingerprint_changes_when_an_object_is_rewritten(local_maps, s3_bucket):
     body[10] ^= 1
     client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(body))
     assert store.fingerprint() != first
+
+
+def test_a_store_that_becomes_unreachable_fails_within_seconds(local_maps, s3_bucket, monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    boto3.client("s3").create_bucket(Bucket="short-lived")
+    url = s3_copy(Path(local_maps.path), "short-lived", "maps.zarr")
+    store = LabelMapStore.open(url, storage_options={"max_retries": 2})
+    np.testing.assert_array_equal(store.read([0])[1], local_maps.read([0])[1])
+    server.stop()  # the server goes away mid-run
+    start = time.perf_counter()
+    with pytest.raises(StorageAccessError, match=f"cannot be read from {endpoint}"):
+        store.read([5])
+    assert time.perf_counter() - start < 30

@@ -68,6 +68,8 @@ class LabelMapStore:
         self.path = path
         self.attrs: dict[str, Any] = dict(attrs)
         self._storage_options = dict(storage_options or {})
+        # resolved once: the endpoint, region and credentials of the store's lifetime
+        self._location = S3Location.parse(path, storage_options) if is_s3(path) else None
         self._keys: tuple[str, ...] | None = None
         self._key_index: dict[str, int] | None = None
         self._memory: tuple[np.ndarray, np.ndarray] | None = None
@@ -186,7 +188,7 @@ class LabelMapStore:
     @property
     def location(self) -> S3Location | None:
         """Where a store on S3 is and how it is reached; None for a local store."""
-        return S3Location.parse(self.path, self._storage_options) if is_s3(self.path) else None
+        return self._location
 
     def _array(self, name: str) -> np.ndarray:
         """A small array of the store (keys, sources, blocks_done) read whole."""
