@@ -270,3 +270,14 @@ def test_a_store_that_becomes_unreachable_fails_within_seconds(local_maps, s3_bu
     with pytest.raises(StorageAccessError, match=f"cannot be read from {endpoint}"):
         store.read([5])
     assert time.perf_counter() - start < 30
+
+
+def test_without_boto3_the_error_names_the_extra(monkeypatch):
+    from dali_relabel.errors import MissingDependencyError
+    from dali_relabel.store import _s3
+
+    monkeypatch.setitem(sys.modules, "boto3", None)  # as where it is not installed
+    _s3._client.cache_clear()
+    with pytest.raises(MissingDependencyError, match=r"pip install 'dali_relabel\[s3\]'"):
+        LabelMapStore.open("s3://bucket/maps.zarr")
+    _s3._client.cache_clear()
