@@ -281,3 +281,15 @@ def test_without_boto3_the_error_names_the_extra(monkeypatch):
     with pytest.raises(MissingDependencyError, match=r"pip install 'dali_relabel\[s3\]'"):
         LabelMapStore.open("s3://bucket/maps.zarr")
     _s3._client.cache_clear()
+
+
+def test_ensemble_reads_and_writes_s3(local_maps, s3_bucket, tmp_path):
+    from dali_relabel.labelmaps import ensemble_label_maps
+
+    remote_input = s3_copy(Path(local_maps.path), s3_bucket, "in.zarr")
+    on_disk = ensemble_label_maps([local_maps.path, local_maps.path], tmp_path / "e.zarr")
+    url = f"s3://{s3_bucket}/ensemble.zarr"
+    remote = ensemble_label_maps([local_maps.path, remote_input], url, progress=False)
+    assert remote.path == url and remote.keys == on_disk.keys
+    for a, b in zip(remote.tables(), on_disk.tables(), strict=True):
+        np.testing.assert_array_equal(a, b)

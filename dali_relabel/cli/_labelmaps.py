@@ -132,7 +132,7 @@ def add_commands(subparsers) -> None:
         "(align_corners=False), and keep the top-k of the mean. Resumable.",
     )
     p.add_argument("stores", nargs="+", help="input stores (same keys and classes)")
-    p.add_argument("out", help="store to write")
+    p.add_argument("out", help="store to write: a folder or s3://bucket/path")
     p.add_argument(
         "--scores",
         choices=SCORE_KINDS,
@@ -147,6 +147,7 @@ def add_commands(subparsers) -> None:
     )
     p.add_argument("--topk", type=int, help="classes per cell; default: the largest input k")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_storage_options(p)
     p.set_defaults(func=_ensemble)
 
 
@@ -215,6 +216,7 @@ def _ensemble(args) -> int:
         grid=tuple(args.grid) if args.grid else None,
         k=args.topk,
         progress=not args.quiet,
+        storage_options=storage_options(args),
     )
     print(
         f"wrote the {store.provenance['ensemble']} of {len(args.stores)} stores "

@@ -40,10 +40,9 @@ from dali_relabel.store import (
     SCORE_DTYPES,
     LabelMapStore,
     LabelMapWriter,
-    is_s3,
-    publish,
+    finish_output,
+    output_folder,
     published,
-    staging_folder,
 )
 
 __all__ = ["LAYOUTS", "convert", "find_label_map_files", "load_label_map_file"]
@@ -256,9 +255,7 @@ def convert(
     workers = max(1, os.cpu_count() or 1) if workers is None else workers
     workers = _checks.at_least("workers", workers, 0)
     files = find_label_map_files(src)
-    target = str(out) if is_s3(str(out)) else None
-    if target is not None:  # written here first, uploaded at the end
-        out = staging_folder(target, storage_options)
+    out, target = output_folder(out, storage_options)  # S3: written here, uploaded at the end
     expect, example = _common_shape(files, num_classes, topk, layout)
     if num_classes is None:
         import torch
@@ -317,13 +314,6 @@ def convert(
                     for future in futures:
                         future.cancel()
                     raise
-    store = writer.finalize()
-    if target is not None:
-        store = publish(
-            store.path,
-            target,
-            storage_options=storage_options,
-            progress=progress,
-            remove_local=True,
-        )
-    return store
+    return finish_output(
+        writer.finalize(), target, storage_options=storage_options, progress=progress
+    )

@@ -23,7 +23,8 @@ convention of the maps and of LabelPooling), before averaging.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,15 @@ import numpy as np
 
 from dali_relabel import _checks
 from dali_relabel.errors import ArgumentError, StoreMismatchError
-from dali_relabel.store import SCORE_KINDS, LabelMapStore, LabelMapWriter, open_store
+from dali_relabel.store import (
+    SCORE_KINDS,
+    LabelMapStore,
+    LabelMapWriter,
+    finish_output,
+    open_store,
+    output_folder,
+    published,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -160,6 +169,7 @@ def ensemble_label_maps(
     shard_size: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> LabelMapStore:
     """Average the label maps of several stores per cell and keep the top-k of the mean.
 
@@ -168,7 +178,8 @@ def ensemble_label_maps(
 
     Args:
         stores: the teachers' stores, with equal keys, class counts and class names.
-        out: the store to write.
+        out: the store to write: a folder, or ``s3://bucket/path`` (written locally, then
+            uploaded with ``complete`` last, as ``convert`` does).
         scores: average "logits" or "probabilities" (logits stores are softmaxed first;
             probabilities cannot be averaged as logits). Default: "logits" when every store
             holds logits, else "probabilities".
@@ -179,6 +190,8 @@ def ensemble_label_maps(
         shard_size: samples per block of ``out``. Default: the first store's.
         device: where densifying and averaging run. Default: "cpu".
         progress: show a progress bar. Default: True.
+        storage_options: S3 options of the inputs and of an ``s3://`` output
+            (:meth:`~dali_relabel.store.LabelMapStore.open`). Default: None.
     """
     import torch
     from tqdm.auto import tqdm
@@ -186,7 +199,8 @@ def ensemble_label_maps(
     if not stores:
         raise ArgumentError("ensemble needs at least one store")
     device = _checks.device("device", device)
-    opened = [open_store(s) for s in stores]
+    opened = [open_store(s, storage_options) for s in stores]
+    out, target = output_folder(out, storage_options)  # S3: written here, uploaded at the end
     _check_keys(opened)
     _check_classes(opened)
     kinds = [s.score_kind for s in opened]
@@ -239,6 +253,9 @@ def ensemble_label_maps(
         provenance=provenance,
         shard_size=shard_size or int(opened[0].attrs.get("shard_size", 1024)),
     )
+    if target is not None and (finished := published(target, writer.attrs, storage_options)):
+        shutil.rmtree(writer.path)  # uploaded by an earlier run: nothing to do
+        return finished
     missing = writer.missing_blocks()
     total = sum(b - a for a, b in missing)
     with tqdm(total=total, unit="maps", desc="ensemble", disable=not progress) as bar:
@@ -254,7 +271,9 @@ def ensemble_label_maps(
                 block_classes[a - start : b - start] = top.indices.to(torch.int32).cpu().numpy()
                 bar.update(b - a)
             writer.write_block(start, block_scores, block_classes)
-    return writer.finalize()
+    return finish_output(
+        writer.finalize(), target, storage_options=storage_options, progress=progress
+    )
 
 
 def _mean_dense(

@@ -55,9 +55,8 @@ from dali_relabel.store import (
     LabelMapWriter,
     compact,
     find_compacted,
-    is_s3,
-    publish,
-    staging_folder,
+    finish_output,
+    output_folder,
 )
 
 if TYPE_CHECKING:
@@ -256,9 +255,8 @@ def generate_label_maps(
         _checks.positive_int("grid", grid)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     workers = _checks.at_least("workers", workers, 0)
-    target = str(out) if is_s3(str(out)) else None
-    # an S3 store is written here first, uploaded at the end
-    out = Path(out) if target is None else staging_folder(target, storage_options)
+    out, target = output_folder(out, storage_options)  # S3: written here, uploaded at the end
+    out = Path(out)
     samples = scan_image_folder(images)
     if not samples:
         raise NotFoundError(f"no images in the class folders under {str(images)!r}")
@@ -333,7 +331,7 @@ def generate_label_maps(
     done = find_compacted(out, keys, params)
     if done is not None:
         _refuse_stale(done, keys, current, "it was written without its undecodable images")
-        return _published(done, target, storage_options, progress)
+        return finish_output(done, target, storage_options=storage_options, progress=progress)
     writer = LabelMapWriter.create(out, keys, **params)
     _forget_changed(writer, keys, current)
     bad = load_bad_list(out)
@@ -393,22 +391,10 @@ def generate_label_maps(
                 f"none of the {len(keys):,} images could be decoded "
                 f"(first: {next(iter(bad.values()))})"
             )
-        return _published(compact(out, keys, bad, params), target, storage_options, progress)
-    return _published(writer.finalize(), target, storage_options, progress)
-
-
-def _published(
-    store: LabelMapStore,
-    target: str | None,
-    storage_options: Mapping[str, Any] | None,
-    progress: bool,
-) -> LabelMapStore:
-    """``store``, uploaded to ``target`` first when the output is on S3."""
-    if target is None:
-        return store
-    return publish(
-        store.path, target, storage_options=storage_options, progress=progress, remove_local=True
-    )
+        store = compact(out, keys, bad, params)
+    else:
+        store = writer.finalize()
+    return finish_output(store, target, storage_options=storage_options, progress=progress)
 
 
 def _uploaded(

@@ -25,7 +25,13 @@ from dali_relabel.store._format import (
 )
 from dali_relabel.store._reader import LabelMapStore, open_store
 from dali_relabel.store._s3 import STORAGE_OPTIONS, is_s3, parse_storage_option
-from dali_relabel.store._upload import publish, published, staging_folder
+from dali_relabel.store._upload import (
+    finish_output,
+    output_folder,
+    publish,
+    published,
+    staging_folder,
+)
 from dali_relabel.store._verify import (
     ShardProblem,
     StoreReport,
@@ -50,9 +56,11 @@ __all__ = [
     "class_dtype_for",
     "compact",
     "find_compacted",
+    "finish_output",
     "is_s3",
     "missing_shard_files",
     "open_store",
+    "output_folder",
     "parse_storage_option",
     "publish",
     "published",

@@ -42,7 +42,14 @@ from dali_relabel.store._format import ARRAYS, SOURCES, STORE_FORMAT, check_loca
 from dali_relabel.store._reader import LabelMapStore
 from dali_relabel.store._s3 import S3Location
 
-__all__ = ["STAGING_ENV", "publish", "published", "staging_folder"]
+__all__ = [
+    "STAGING_ENV",
+    "finish_output",
+    "output_folder",
+    "publish",
+    "published",
+    "staging_folder",
+]
 
 #: The environment variable naming the folder of local staging copies (and of the other
 #: caches of dali_relabel): ``$DALI_RELABEL_CACHE/staging``, default ``~/.cache/dali_relabel``.
@@ -218,3 +225,33 @@ def publish(
     if remove_local:
         shutil.rmtree(local)
     return store
+
+
+# -- what the makers (convert, generate, ensemble) share -----------------------------------
+def output_folder(
+    out: str | os.PathLike, storage_options: Mapping[str, Any] | None = None
+) -> tuple[str, str | None]:
+    """(the folder to write, the ``s3://`` target or None) of a maker's output ``out``."""
+    if str(out).startswith("s3://"):
+        return str(staging_folder(str(out), storage_options)), str(out)
+    return os.fspath(out), None
+
+
+def finish_output(
+    store: LabelMapStore,
+    target: str | None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> LabelMapStore:
+    """A maker's finished ``store``, uploaded to ``target`` (its staging folder removed)
+    when the output is on S3."""
+    if target is None:
+        return store
+    return publish(
+        store.path,
+        target,
+        storage_options=storage_options,
+        progress=progress,
+        remove_local=True,
+    )
