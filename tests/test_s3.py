@@ -204,7 +204,10 @@ def test_endpoint_and_region_from_the_environment_or_storage_options(
     np.testing.assert_array_equal(store.read([7])[1], local_maps.read([7])[1])
     assert main(["info", url, "--storage-option", f"endpoint_url={s3_endpoint}"]) == 0
     assert f"label map store  {url}" in capsys.readouterr().out
-    assert main(["verify", url, "--quiet", "--storage-option", f"endpoint_url={s3_endpoint}"]) == 0
+    option = ["--storage-option", f"endpoint_url={s3_endpoint}"]
+    assert main(["verify", url, "--quiet", *option]) == 0
+    assert main(["report", url, "--samples", "8", *option]) == 0
+    assert "top-1" in capsys.readouterr().out
     monkeypatch.delenv("AWS_REGION")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
     assert S3Location.parse(url).region == "ap-south-1"

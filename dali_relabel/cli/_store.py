@@ -69,6 +69,7 @@ def add_commands(subparsers) -> None:
         help=f"images sampled. Default: {DEFAULT_SAMPLES} (all when the store has fewer)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and crops. Default: 0")
+    add_storage_options(p)
     p.set_defaults(func=_report)
 
 
@@ -137,9 +138,11 @@ def _report(args) -> int:
     import json
 
     from dali_relabel.labelmaps import label_map_report
+    from dali_relabel.store import LabelMapStore
 
+    store = LabelMapStore.open(args.store, storage_options=storage_options(args))
     report = label_map_report(
-        args.store, args.images, samples=args.samples, seed=args.seed, progress=True
+        store, args.images, samples=args.samples, seed=args.seed, progress=True
     )
     print(report.table())
     if args.json:
