@@ -16,12 +16,26 @@ linear, so it commutes with the average pooling).
     # a few steps on the real-photo sample data, on the CPU, in a temporary folder
     python examples/train_imagenet.py --sample --steps 3 --crop-size 64 --batch-size 8
     python examples/train_imagenet.py --sample --local --steps 3 --crop-size 64 --batch-size 8
+
+Under torchrun (one node or several, docs/DISTRIBUTED.md) each process takes its rank and
+world size from torch.distributed, its device from ``LOCAL_RANK``; the loader shards by
+them. ``--checkpoint PATH --checkpoint-every N`` saves the model, optimizer, scheduler and
+``train_loader.state_dict()`` every N steps (rank 0, written to a temporary file and
+renamed over PATH, so a kill never leaves half a checkpoint); a restart with the same
+arguments resumes from PATH when it exists, in the middle of an epoch with exactly the
+batches the uninterrupted run would have taken.
+
+    torchrun --nproc-per-node 8 examples/train_imagenet.py --data /data/imagenet \
+        --label-maps relabel_imagenet.zarr --checkpoint ckpt.pt --checkpoint-every 1000
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
 import itertools
+import json
 import os
 import tempfile
 import time
@@ -70,33 +84,23 @@ def sample_data(folder: Path) -> tuple[Path, Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, help="ImageNet root holding train/ (and val/)")
-    parser.add_argument("--label-maps", help="label map store of the train/ images")
-    parser.add_argument("--sample", action="store_true", help="use the real-photo sample data")
-    parser.add_argument("--arch", default="resnet18", help="torchvision model (default resnet18)")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=None, help="stop each epoch after N steps")
-    parser.add_argument("--batch-size", type=int, default=256, help="per process")
-    parser.add_argument("--crop-size", type=int, default=224)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--local", action="store_true", help="train on per-cell targets")
-    args = parser.parse_args()
-
+    args = parse_args()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:  # torchrun; ReLabelLoader takes rank and world size from here
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        torch.distributed.init_process_group(
+            "nccl" if torch.cuda.is_available() else "gloo",
+            timeout=datetime.timedelta(seconds=args.dist_timeout),
+        )
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     device = train_device()
+    rank = torch.distributed.get_rank() if distributed else 0
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.sample:
             train_dir, label_maps = sample_data(Path(tmp))
             val_dir = train_dir
         else:
-            if args.data is None or args.label_maps is None:
-                parser.error("pass --data and --label-maps, or --sample")
             train_dir, label_maps, val_dir = args.data / "train", args.label_maps, args.data / "val"
 
         common = {"crop_size": args.crop_size, "memory_format": torch.channels_last}
@@ -108,7 +112,15 @@ def main() -> None:
             local = {"targets": "local", "local_size": model.grid(args.crop_size)}
             criterion = LocalSoftTargetCrossEntropy()
             print(f"local targets on the model's {local['local_size']} feature map")
-        train_loader = ReLabelLoader(train_dir, label_maps, args.batch_size, **common, **local)
+        train_loader = ReLabelLoader(
+            train_dir,
+            label_maps,
+            args.batch_size,
+            seed=args.seed,
+            label_map_memory=args.label_map_memory,
+            **common,
+            **local,
+        )
         val_loader = None
         if val_dir.is_dir():
             # hard labels; every image exactly once across processes (even_shards=False:
@@ -125,37 +137,205 @@ def main() -> None:
             )
 
         model = model.to(device, memory_format=torch.channels_last)
-        if distributed:
-            model = torch.nn.parallel.DistributedDataParallel(model)
+        bare = model  # what is saved and evaluated, without DDP's wrapper
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
         steps = len(train_loader) if args.steps is None else min(args.steps, len(train_loader))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs * steps)
+        start_epoch, start_batch = args.start_epoch, 0
+        resume_from = args.resume or (
+            args.checkpoint if args.checkpoint and args.checkpoint.exists() else None
+        )
+        if resume_from is not None:
+            start_epoch, start_batch = load_checkpoint(
+                resume_from, bare, optimizer, scheduler, train_loader
+            )
+            print(
+                f"rank {rank}: resumed from {resume_from}, epoch {start_epoch} batch {start_batch}"
+            )
+        else:
+            # once: the loader's epochs count on from here (set_epoch every epoch is fine too)
+            train_loader.set_epoch(start_epoch)
+        if distributed:
+            model = torch.nn.parallel.DistributedDataParallel(model)
+        log = SampleLog(args.log_samples, rank, train_loader)
+        log.event(start_epoch, start_batch)
 
-        for epoch in range(args.epochs):
-            train_loader.set_epoch(epoch)  # optional: without it epochs count up by themselves
+        for epoch in range(start_epoch, args.epochs):
+            first = start_batch if epoch == start_epoch else 0
             model.train()
             start = time.perf_counter()
             # islice, not break: a break would make the loader fetch one batch too many
-            for step, (images, targets) in enumerate(itertools.islice(train_loader, steps)):
+            batches = itertools.islice(train_loader, steps - first)
+            for step, (images, targets) in enumerate(batches, start=first):
                 loss = criterion(model(images), targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
+                log.batch(epoch, step, images, targets)
                 if step % 100 == 0 or step == steps - 1:
-                    rate = (step + 1) * len(images) / (time.perf_counter() - start)
+                    rate = (step + 1 - first) * len(images) / (time.perf_counter() - start)
                     print(
                         f"epoch {epoch} step {step + 1}/{steps} loss {loss.item():.4f} "
                         f"{rate:.0f} img/s"
                     )
+                done = epoch * steps + step + 1  # steps taken since epoch 0
+                last = step + 1 == steps
+                every = args.checkpoint_every
+                if args.checkpoint and rank == 0 and (last or (every and done % every == 0)):
+                    position = (epoch + 1, 0) if last else (epoch, step + 1)
+                    save_checkpoint(
+                        args.checkpoint, bare, optimizer, scheduler, train_loader, *position
+                    )
             if val_loader is not None:
                 # the bare module: DDP's forward would sync buffers with every process, and
                 # one with no validation batch would never join
-                bare = model.module if distributed else model
                 print(f"epoch {epoch} val top-1 {evaluate(bare, val_loader, distributed):.2%}")
 
     if distributed:
         torch.distributed.destroy_process_group()
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="ImageNet root holding train/ (and val/)")
+    parser.add_argument("--label-maps", help="label map store of the train/ images")
+    parser.add_argument("--sample", action="store_true", help="use the real-photo sample data")
+    parser.add_argument("--arch", default="resnet18", help="torchvision model (default resnet18)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--start-epoch", type=int, default=0, help="first epoch (default 0)")
+    parser.add_argument("--steps", type=int, default=None, help="stop each epoch after N steps")
+    parser.add_argument("--batch-size", type=int, default=256, help="per process")
+    parser.add_argument("--crop-size", type=int, default=224)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0, help="the loader's seed (default 0)")
+    parser.add_argument("--local", action="store_true", help="train on per-cell targets")
+    parser.add_argument(
+        "--label-map-memory",
+        default="auto",
+        choices=("auto", "host", "device", "stream"),
+        help="where the label maps live (ReLabelLoader's label_map_memory; default auto)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="save to PATH (rank 0, atomically) at each epoch's end and every "
+        "--checkpoint-every steps; resume from it when it exists",
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: epoch ends)"
+    )
+    parser.add_argument("--resume", type=Path, help="resume from this checkpoint (must exist)")
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600,
+        help="seconds a collective waits for the other processes before failing (default 600)",
+    )
+    parser.add_argument(
+        "--log-samples",
+        type=Path,
+        help="folder: each rank appends a JSON line per step (epoch, batch, sample indices, "
+        "a digest of images and targets) to rank<r>.jsonl",
+    )
+    args = parser.parse_args()
+    if not args.sample and (args.data is None or args.label_maps is None):
+        parser.error("pass --data and --label-maps, or --sample")
+    if args.checkpoint_every < 0 or args.start_epoch < 0:
+        parser.error("--checkpoint-every and --start-epoch must be >= 0")
+    if args.checkpoint_every and args.checkpoint is None:
+        parser.error("--checkpoint-every needs --checkpoint PATH")
+    if args.resume is not None and not args.resume.is_file():
+        parser.error(f"--resume {args.resume}: no such checkpoint file")
+    return args
+
+
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader: ReLabelLoader,
+    epoch: int,
+    batch: int,
+) -> None:
+    """Write the checkpoint to a temporary file beside ``path``, then rename it over
+    ``path``: a process killed while saving leaves the previous checkpoint whole.
+    (epoch, batch) is where training continues; ``loader.state_dict()`` resumes the
+    loader there (the same on every rank, so rank 0's resumes them all)."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "batch": batch,
+        "loader": loader.state_dict(),
+    }
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader: ReLabelLoader,
+) -> tuple[int, int]:
+    """Restore what :func:`save_checkpoint` wrote; (epoch, batch) where training goes on."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state["batch"]:  # in the middle of an epoch: the loader yields the rest of it
+        loader.load_state_dict(state["loader"])
+    else:  # at an epoch's start
+        loader.set_epoch(state["epoch"])
+    return state["epoch"], state["batch"]
+
+
+class SampleLog:
+    """``--log-samples``: one JSON line per step with the batch's sample indices (the
+    loader's order, ``loader.sampler.indices(epoch)``) and a digest of the images and
+    targets it yielded, to compare runs (an interrupted and resumed one with an
+    uninterrupted one). Lines are flushed at once: a killed process loses none."""
+
+    def __init__(self, folder: Path | None, rank: int, loader: ReLabelLoader) -> None:
+        self._file = None
+        self._loader = loader
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._file = open(folder / f"rank{rank}.jsonl", "a")  # noqa: SIM115
+
+    def _write(self, record: dict) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def event(self, epoch: int, batch: int) -> None:
+        """A process starts at (epoch, batch)."""
+        self._write({"start": [epoch, batch], "pid": os.getpid()})
+
+    def batch(self, epoch: int, step: int, images: torch.Tensor, targets: torch.Tensor) -> None:
+        if self._file is None:
+            return
+        size = self._loader.batch_size
+        samples = self._loader.sampler.indices(epoch)[step * size : step * size + len(images)]
+        digest = hashlib.sha256()
+        for tensor in (images, targets):
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        self._write(
+            {
+                "epoch": epoch,
+                "batch": step,
+                "samples": samples.tolist(),
+                "digest": digest.hexdigest(),
+            }
+        )
 
 
 def _num_classes(label_maps: str | Path) -> int:

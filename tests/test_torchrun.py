@@ -1,0 +1,365 @@
+"""examples/train_imagenet.py under torchrun: shards, reruns, a killed rank resumed, faults.
+
+Each job is ``python -m torch.distributed.run --standalone --nproc-per-node N`` of the
+example, unchanged, on the CPU (gloo on loopback), with a tiny model (torchvision's
+shufflenet_v2_x0_5 at 32 px) on 41 tiny JPEGs made here and a store written by
+LabelMapWriter. ``--log-samples`` makes every rank log each step's sample indices and a
+digest of the images and targets it trained on. The references are not the example's
+own output: a ReLabelLoader with an explicit ``rank``/``world_size`` run in this process
+(a rerun), set arithmetic on the logged shards (disjoint, covering, padded as
+DistributedSampler pads), and an uninterrupted job for the killed one. Every job runs
+under a subprocess timeout: a hang fails the test instead of stalling the suite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from PIL import Image
+
+from dali_relabel import ReLabelLoader
+from dali_relabel.store import LabelMapWriter
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train_imagenet.py"
+N = 41  # 2 ranks: 21 each, 1 sample padded; 4 ranks: 11 each, 3 padded
+BATCH = 3  # 2 ranks: 7 batches per epoch, the last of 3 (BatchNorm needs 2 or more)
+EPOCHS = 2
+SEED = 3
+ARGS = ["--arch", "shufflenet_v2_x0_5", "--crop-size", "32", "--batch-size", str(BATCH)]
+ARGS += ["--seed", str(SEED), "--lr", "0.01"]
+JOB_TIMEOUT = 240  # seconds; a job takes about 10 s on 2 idle cores
+SHARD = 16
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """41 JPEGs of noise (24 x 32) in 3 class folders, label maps (k=2, 4 x 4) in a store
+    of 3 shards per array."""
+    root = tmp_path_factory.mktemp("torchrun")
+    rng = np.random.default_rng(0)
+    keys = sorted(f"class{i % 3}/img{i:03d}" for i in range(N))
+    for key in keys:
+        path = root / "train" / f"{key}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(path, quality=90)
+    writer = LabelMapWriter.create(
+        root / "maps.zarr", keys, num_classes=3, k=2, grid=(4, 4), shard_size=SHARD
+    )
+    scores = rng.random((N, 2, 4, 4)).astype(np.float16)
+    classes = rng.integers(0, 3, (N, 2, 4, 4))
+    for start, stop in writer.missing_blocks():
+        writer.write_block(start, scores[start:stop], classes[start:stop])
+    writer.finalize()
+    return root
+
+
+# -- jobs and their logs -----------------------------------------------------------------
+def _command(tiny: Path, world: int | None, *args: str) -> list[str]:
+    launcher = [sys.executable]
+    if world is not None:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
+    data = ["--data", str(tiny), "--label-maps", str(tiny / "maps.zarr")]
+    return [*launcher, str(EXAMPLE), *data, *ARGS, *args]
+
+
+class Job:
+    """A job started in the background, its output in a file (a pipe that nobody reads
+    could fill and block the workers)."""
+
+    def __init__(self, command: list[str], out: Path) -> None:
+        self.out = out
+        self._file = open(out, "w")  # noqa: SIM115
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(command, stdout=self._file, stderr=subprocess.STDOUT, env=env)
+
+    def wait(self, timeout: float = JOB_TIMEOUT) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _kill_tree(self.proc.pid)
+            pytest.fail(f"the job did not end within {timeout} s:\n{self.output()[-3000:]}")
+        finally:
+            self._file.close()
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace")
+
+
+def _kill_tree(pid: int) -> None:
+    try:
+        parent = psutil.Process(pid)
+        for proc in [*parent.children(recursive=True), parent]:
+            proc.kill()
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _run(command: list[str], out: Path) -> str:
+    job = Job(command, out)
+    code = job.wait()
+    assert code == 0, job.output()[-3000:]
+    return job.output()
+
+
+def _segments(folder: Path, rank: int) -> list[list[dict]]:
+    """The rank's log, one list of step records per process start (its "start" first)."""
+    segments: list[list[dict]] = []
+    path = folder / f"rank{rank}.jsonl"
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if "start" in record:
+            segments.append([record])
+        else:
+            segments[-1].append(record)
+    return segments
+
+
+def _steps(records: list[dict]) -> list[tuple[int, int, tuple[int, ...], str]]:
+    return [
+        (r["epoch"], r["batch"], tuple(r["samples"]), r["digest"])
+        for r in records
+        if "start" not in r
+    ]
+
+
+def _wait_for(condition, what: str, job: Job, timeout: float = JOB_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if job.proc.poll() is not None:
+            pytest.fail(f"the job ended before {what}:\n{job.output()[-3000:]}")
+        if time.monotonic() > deadline:
+            _kill_tree(job.proc.pid)
+            pytest.fail(f"no {what} within {timeout} s")
+        time.sleep(0.005)
+
+
+def _worker_pids(folder: Path, world: int) -> list[int]:
+    pids = []
+    for rank in range(world):
+        path = folder / f"rank{rank}.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        starts = [json.loads(line) for line in lines if '"start"' in line]
+        pids.append(starts[-1]["pid"] if starts else None)
+    return pids
+
+
+def _logged(path: Path, text: str) -> bool:
+    return path.exists() and text in path.read_text()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+_REFERENCES: dict[int, dict[int, list]] = {}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, tmp_path_factory):
+    """world -> rank -> the steps of an uninterrupted torchrun job of EPOCHS epochs."""
+
+    def run(world: int) -> dict[int, list]:
+        if world not in _REFERENCES:
+            folder = tmp_path_factory.mktemp(f"reference{world}")
+            command = _command(tiny, world, "--epochs", str(EPOCHS), "--log-samples", str(folder))
+            _run(command, folder / "out.txt")
+            _REFERENCES[world] = {r: _segments(folder, r) for r in range(world)}
+        return _REFERENCES[world]
+
+    return run
+
+
+def _loader_steps(tiny: Path, epochs: int, **shard) -> list[tuple[int, int, tuple, str]]:
+    """The example's loader, made here with an explicit shard: the steps it yields."""
+    loader = ReLabelLoader(
+        tiny / "train",
+        tiny / "maps.zarr",
+        BATCH,
+        crop_size=32,
+        seed=SEED,
+        memory_format=torch.channels_last,
+        device="cpu",
+        **shard,
+    )
+    steps = []
+    for epoch in range(epochs):  # no set_epoch: the epochs count up by themselves
+        order = loader.sampler.indices(epoch).tolist()
+        for b, (images, targets) in enumerate(loader):
+            digest = hashlib.sha256()
+            for tensor in (images, targets):
+                digest.update(tensor.contiguous().numpy().tobytes())
+            samples = tuple(order[b * BATCH : b * BATCH + len(images)])
+            steps.append((epoch, b, samples, digest.hexdigest()))
+    return steps
+
+
+# -- the tests -----------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 4])
+def test_torchrun_shards_cover_the_dataset_each_epoch_in_new_orders(tiny, reference, world):
+    logs = reference(world)
+    per_rank = -(-N // world)
+    batches = -(-per_rank // BATCH)
+    pad = per_rank * world - N
+    orders = []
+    for rank in range(world):
+        (segment,) = logs[rank]  # one process start per rank
+        assert segment[0]["start"] == [0, 0]
+        steps = _steps(segment)
+        # every rank makes the same number of steps: len(loader) per epoch
+        assert [(e, b) for e, b, _, _ in steps] == [
+            (e, b) for e in range(EPOCHS) for b in range(batches)
+        ]
+    for epoch in range(EPOCHS):
+        shards = [
+            [i for e, _, samples, _ in _steps(logs[r][0]) if e == epoch for i in samples]
+            for r in range(world)
+        ]
+        assert [len(s) for s in shards] == [per_rank] * world
+        # rank r read positions r, r + world, ... of the epoch's (padded) permutation
+        order = [shards[p % world][p // world] for p in range(per_rank * world)]
+        assert sorted(order[:N]) == list(range(N))  # disjoint, their union the dataset
+        assert order[N:] == order[:pad]  # padded with the permutation's first samples
+        orders.append(order)
+    assert orders[0] != orders[1]  # a new order every epoch
+    # a rerun, here, with the rank given explicitly: the same batches, pixel for pixel
+    for rank in range(world):
+        rerun = _loader_steps(tiny, EPOCHS, rank=rank, world_size=world)
+        assert rerun == _steps(logs[rank][0])
+
+
+@pytest.mark.slow
+def test_a_job_killed_mid_epoch_resumes_with_the_uninterrupted_batches(tiny, reference, tmp_path):
+    world = 2
+    want = {r: _steps(reference(world)[r][0]) for r in range(world)}
+    logs, checkpoint = tmp_path / "logs", tmp_path / "ckpt.pt"
+    command = _command(
+        tiny,
+        world,
+        *("--epochs", str(EPOCHS), "--log-samples", str(logs)),
+        *("--checkpoint", str(checkpoint), "--checkpoint-every", "2"),
+    )
+    job = Job(command, tmp_path / "killed.txt")
+    _wait_for(checkpoint.exists, "checkpoint", job)
+    pids = _worker_pids(logs, world)
+    os.kill(pids[1], signal.SIGKILL)  # rank 1, mid-epoch 0, after the first checkpoint
+    killed_at = time.monotonic()
+    # torchrun's agent sees the dead worker and ends the others: every rank is gone
+    assert job.wait() != 0
+    assert time.monotonic() - killed_at < 60
+    assert not any(_alive(pid) for pid in pids)
+    assert "exitcode  : -9" in job.output()  # the agent names the killed rank's signal
+
+    _run(command, tmp_path / "resumed.txt")  # the same command: it resumes from the file
+    for rank in range(world):
+        killed, resumed = _segments(logs, rank)
+        # the killed job took the reference's first batches (a rerun is the same)
+        taken = _steps(killed)
+        assert taken == want[rank][: len(taken)]
+        # the restart resumed mid-epoch, at a checkpoint (every 2 steps) at or before the
+        # kill, and took exactly the rest of the uninterrupted job's batches
+        epoch, batch = resumed[0]["start"]
+        position = [(e, b) for e, b, _, _ in want[rank]].index((epoch, batch))
+        assert batch > 0 and position % 2 == 0 and position <= len(taken) + 1
+        assert _steps(resumed) == want[rank][position:]
+
+
+@pytest.mark.slow
+def test_start_epoch_runs_the_uninterrupted_runs_epoch(tiny, tmp_path):
+    """A trainer that starts at --start-epoch 1 and calls set_epoch(1) once: its epoch 1
+    is epoch 1 of a loader that ran epoch 0 before it (one process, no torchrun)."""
+    logs = tmp_path / "logs"
+    args = ("--start-epoch", "1", "--epochs", "2", "--log-samples", str(logs))
+    _run(_command(tiny, None, *args), tmp_path / "out.txt")
+    (segment,) = _segments(logs, 0)
+    assert segment[0]["start"] == [1, 0]
+    uninterrupted = _loader_steps(tiny, 2)
+    assert _steps(segment) == [step for step in uninterrupted if step[0] == 1]
+
+
+def _store_shards(tiny: Path, name: str) -> list[Path]:
+    return sorted((tiny / "maps.zarr" / name / "c").glob("*/0/0/0"))
+
+
+@pytest.fixture
+def tiny_copy(tiny, tmp_path):
+    """The tiny data with a store of its own (the tests damage it)."""
+    import shutil
+
+    (tmp_path / "train").symlink_to(tiny / "train")
+    shutil.copytree(tiny / "maps.zarr", tmp_path / "maps.zarr")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_a_store_deleted_mid_run_ends_every_rank_naming_the_shard(tiny_copy, tmp_path):
+    logs = tmp_path / "logs"
+    world = 2
+    command = _command(
+        tiny_copy,
+        world,
+        *("--epochs", "50", "--label-map-memory", "stream", "--log-samples", str(logs)),
+    )
+    job = Job(command, tmp_path / "out.txt")
+    _wait_for(lambda: _logged(logs / "rank0.jsonl", '"batch"'), "a step", job)
+    pids = _worker_pids(logs, world)
+    shards = _store_shards(tiny_copy, "scores")
+    for shard in shards:  # every batch reads one of them
+        shard.unlink()
+    deleted_at = time.monotonic()
+    assert job.wait() != 0
+    assert time.monotonic() - deleted_at < 60
+    assert not any(_alive(pid) for pid in pids)
+    out = job.output()
+    assert "StoreCorruptError" in out
+    assert any(f"{shard} is missing" in out for shard in shards), out[-3000:]
+
+
+_LOADER_SCRIPT = """
+import os, sys
+from dali_relabel import ReLabelLoader
+root, fault = sys.argv[1], sys.argv[2]
+loader = ReLabelLoader(root + "/train", root + "/maps.zarr", 3, crop_size=32, device="cpu",
+                       label_map_memory="stream", num_threads=2)
+epoch = iter(loader)
+next(epoch)  # batches in flight in DALI and on the read-ahead thread
+for shard in sys.argv[3:]:
+    if fault == "deleted":
+        os.unlink(shard)
+    else:  # cut to half its size in place, as a crashed copy leaves it
+        os.truncate(shard, os.path.getsize(shard) // 2)
+for _ in epoch:
+    pass
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["deleted", "truncated"])
+def test_the_loader_raises_and_exits_when_its_store_breaks_mid_epoch(tiny_copy, fault):
+    """No torchrun: the loader's own threads (DALI's, the read-ahead) neither hang the
+    epoch nor the process's exit when the store breaks under a streaming loader."""
+    shards = [str(s) for s in _store_shards(tiny_copy, "scores")]
+    run = subprocess.run(
+        [sys.executable, "-c", _LOADER_SCRIPT, str(tiny_copy), fault, *shards],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("dali_relabel.errors.StoreCorruptError: label map store")
+    assert any(shard in last for shard in shards), last
