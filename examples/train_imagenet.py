@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from dali_relabel import LocalSoftTargetCrossEntropy, ReLabelLoader, SoftTargetCrossEntropy
 
@@ -83,6 +84,7 @@ def sample_data(folder: Path) -> tuple[Path, Path]:
     return data.train, Path(store.path)
 
 
+@record  # under torchrun, the agent's summary of a failed job shows the error
 def main() -> None:
     args = parse_args()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
