@@ -40,6 +40,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -309,6 +310,7 @@ class SampleLog:
     def __init__(self, folder: Path | None, rank: int, loader: ReLabelLoader) -> None:
         self._file = None
         self._loader = loader
+        self._order: tuple[int, Any] = (-1, None)
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             self._file = open(folder / f"rank{rank}.jsonl", "a")  # noqa: SIM115
@@ -325,8 +327,10 @@ class SampleLog:
     def batch(self, epoch: int, step: int, images: torch.Tensor, targets: torch.Tensor) -> None:
         if self._file is None:
             return
+        if self._order[0] != epoch:  # the epoch's order, once per epoch
+            self._order = (epoch, self._loader.sampler.indices(epoch))
         size = self._loader.batch_size
-        samples = self._loader.sampler.indices(epoch)[step * size : step * size + len(images)]
+        samples = self._order[1][step * size : step * size + len(images)]
         digest = hashlib.sha256()
         for tensor in (images, targets):
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -95,7 +95,7 @@ class ReLabelLoader:
         seed: seed of the order, crops and flips, an int >= 0; batch ``b`` of epoch ``e``
             on rank ``r`` depends only on (seed, e, r, b). Default: 0.
         rank: this process's shard. Default: None (torch.distributed's rank when it is
-            initialized, else 0).
+            initialized, as under torchrun (docs/DISTRIBUTED.md), else 0).
         world_size: number of shards. Default: None (torch.distributed's, else 1).
         drop_last: training: cut the samples to a multiple of ``world_size`` and drop
             each epoch's last, smaller batch; evaluation: leave out the last ``N mod
