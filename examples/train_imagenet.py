@@ -33,11 +33,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
 import hashlib
 import itertools
 import json
 import os
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,7 @@ from typing import Any
 import torch
 import torchvision
 from torch import nn
-from torch.distributed.elastic.multiprocessing.errors import record
+from torch.distributed.elastic.multiprocessing.errors import get_error_handler, record
 
 from dali_relabel import LocalSoftTargetCrossEntropy, ReLabelLoader, SoftTargetCrossEntropy
 
@@ -161,6 +164,7 @@ def main() -> None:
         if distributed:
             model = torch.nn.parallel.DistributedDataParallel(model)
         log = SampleLog(args.log_samples, rank, train_loader)
+        watchdog = BatchWatchdog(args.batch_timeout, rank)
         log.event(start_epoch, start_batch)
 
         for epoch in range(start_epoch, args.epochs):
@@ -168,7 +172,7 @@ def main() -> None:
             model.train()
             start = time.perf_counter()
             # islice, not break: a break would make the loader fetch one batch too many
-            batches = itertools.islice(train_loader, steps - first)
+            batches = watchdog.watch(itertools.islice(train_loader, steps - first), epoch, first)
             for step, (images, targets) in enumerate(batches, start=first):
                 loss = criterion(model(images), targets)
                 optimizer.zero_grad(set_to_none=True)
@@ -236,6 +240,13 @@ def parse_args() -> argparse.Namespace:
         help="seconds a collective waits for the other processes before failing (default 600)",
     )
     parser.add_argument(
+        "--batch-timeout",
+        type=float,
+        default=600,
+        help="seconds to wait for the loader's next batch before ending the process with "
+        "every thread's stack (0: wait forever; default 600)",
+    )
+    parser.add_argument(
         "--log-samples",
         type=Path,
         help="folder: each rank appends a JSON line per step (epoch, batch, sample indices, "
@@ -299,6 +310,55 @@ def load_checkpoint(
     else:  # at an epoch's start
         loader.set_epoch(state["epoch"])
     return state["epoch"], state["batch"]
+
+
+class BatchWatchdog:
+    """``--batch-timeout``: ends the process when the loader gives no batch for that long.
+
+    A store or image folder that stops answering (a hung mount, a stalled object store)
+    blocks every rank inside the loader, where no collective timeout can fire, and the
+    blocked call cannot be interrupted. A daemon thread then writes what was awaited and
+    every thread's stack, records the error for torchrun's summary, and exits the
+    process; torchrun ends the other ranks."""
+
+    def __init__(self, seconds: float, rank: int) -> None:
+        self._seconds = seconds
+        self._rank = rank
+        self._waiting: tuple[float, str] | None = None  # (deadline, what)
+        if seconds > 0:
+            threading.Thread(target=self._watch, name="batch-watchdog", daemon=True).start()
+
+    def watch(self, batches: Any, epoch: int, first: int) -> Any:
+        """``batches``, each ``next()`` under the watch."""
+        batches = iter(batches)
+        for step in itertools.count(first):
+            self._waiting = (time.monotonic() + self._seconds, f"epoch {epoch} batch {step}")
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self._waiting = None
+            yield batch
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self._seconds / 4))
+            waiting = self._waiting
+            if waiting is None or time.monotonic() < waiting[0]:
+                continue
+            message = (
+                f"rank {self._rank}: the loader gave no batch in {self._seconds:g} s "
+                f"(--batch-timeout) while {waiting[1]} was due: the label-map store or the "
+                "images stopped answering. The stacks of every thread follow"
+            )
+            print(message, file=sys.stderr, flush=True)
+            faulthandler.dump_traceback(all_threads=True)
+            try:
+                raise TimeoutError(message)
+            except TimeoutError as e:
+                get_error_handler().record_exception(e)  # torchrun's "Root Cause"
+            os._exit(1)  # the blocked thread would hold up a normal exit
 
 
 class SampleLog:

@@ -323,6 +323,30 @@ def test_a_store_deleted_mid_run_ends_every_rank_naming_the_shard(tiny_copy, tmp
     assert any(f"{shard} is missing" in root_cause for shard in shards), root_cause
 
 
+@pytest.mark.slow
+def test_a_store_that_stops_answering_ends_every_rank_after_the_batch_timeout(tiny_copy, tmp_path):
+    """The shards replaced by named pipes: a read blocks for ever, as on a hung mount,
+    on every rank, inside the loader (no collective to time out). The example's
+    --batch-timeout ends the rank, torchrun the others."""
+    logs = tmp_path / "logs"
+    world, timeout = 2, 3
+    args = ("--epochs", "50", "--label-map-memory", "stream", "--log-samples", str(logs))
+    command = _command(tiny_copy, world, *args, "--batch-timeout", str(timeout))
+    job = Job(command, tmp_path / "out.txt")
+    _wait_for(lambda: _logged(logs / "rank0.jsonl", '"batch"'), "a step", job)
+    pids = _worker_pids(logs, world)
+    for shard in _store_shards(tiny_copy, "scores"):
+        shard.unlink()
+        os.mkfifo(shard)  # opened for reading, it waits for a writer that never comes
+    stalled_at = time.monotonic()
+    assert job.wait() != 0
+    assert time.monotonic() - stalled_at < timeout + 60
+    assert not any(_alive(pid) for pid in pids)
+    root_cause = job.output().rsplit("Root Cause", 1)[-1]
+    assert "TimeoutError: rank" in root_cause and "(--batch-timeout)" in root_cause, root_cause
+    assert "Thread 0x" in job.output()  # the stacks, to see where it hung
+
+
 _LOADER_SCRIPT = """
 import glob, os, sys
 from dali_relabel import ReLabelLoader
