@@ -127,6 +127,8 @@ def main() -> None:
             **common,
             **local,
         )
+        if distributed:
+            check_same_samples(train_loader, train_dir)
         val_loader = None
         if val_dir.is_dir():
             # hard labels; every image exactly once across processes (even_shards=False:
@@ -262,6 +264,24 @@ def parse_args() -> argparse.Namespace:
     if args.resume is not None and not args.resume.is_file():
         parser.error(f"--resume {args.resume}: no such checkpoint file")
     return args
+
+
+def check_same_samples(loader: ReLabelLoader, root: Path) -> None:
+    """Stop every rank when the ranks list different images under ``root``.
+
+    Each rank lists the folder itself and takes its shard by position in that list, so
+    a node whose copy lacks or adds a file would shift every shard, silently. The
+    loader's state names the list (its length and a hash of the keys in order)."""
+    state = loader.state_dict()
+    mine = (state["num_samples"], state["dataset"])
+    every: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, mine)
+    if len(set(every)) > 1:
+        listed = ", ".join(f"rank {r}: {n:,} images ({h})" for r, (n, h) in enumerate(every))
+        raise RuntimeError(
+            f"the ranks list different images under {root} ({listed}): every node must see "
+            "the same files (a shared file system, or identical copies)"
+        )
 
 
 def save_checkpoint(

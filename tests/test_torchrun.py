@@ -286,6 +286,68 @@ def test_a_job_killed_mid_epoch_resumes_with_the_uninterrupted_batches(tiny, ref
         assert _steps(resumed) == want[rank][position:]
 
 
+def _check_same_samples(rank: int, roots: list[str], store: str, port: int, out: str) -> None:
+    import datetime
+    import importlib.util
+
+    import torch.distributed as dist
+
+    spec = importlib.util.spec_from_file_location("train_imagenet", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=2,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    outcome = []
+    for root in (roots[0], roots[rank]):  # the same folder, then one per rank
+        loader = ReLabelLoader(root, store, BATCH, crop_size=32, device="cpu", num_threads=1)
+        try:
+            example.check_same_samples(loader, Path(root))
+            outcome.append("ok")
+        except RuntimeError as e:
+            outcome.append(str(e))
+    Path(out, f"{rank}.json").write_text(json.dumps(outcome))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_that_list_different_images_stop_at_startup(tiny, tmp_path):
+    """A node whose copy of train/ lacks a file would shift every shard: the example
+    compares the ranks' lists (2 gloo processes, rank 1 missing one image)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    other = tmp_path / "train"
+    shutil.copytree(tiny / "train", other)
+    (other / "class1" / "img004.JPEG").unlink()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    roots = [str(tiny / "train"), str(other)]
+    args = (roots, str(tiny / "maps.zarr"), port, str(tmp_path))
+    context = mp.start_processes(
+        _check_same_samples, args=args, nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + JOB_TIMEOUT
+    try:
+        while not context.join(timeout=1):
+            assert time.monotonic() < deadline, "the ranks did not finish: a hang"
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    for rank in range(2):
+        same, different = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert same == "ok"
+        assert different.startswith("the ranks list different images under ")
+        assert f"rank 0: {N} images" in different and f"rank 1: {N - 1} images" in different
+
+
 def _store_shards(tiny: Path, name: str) -> list[Path]:
     return sorted((tiny / "maps.zarr" / name / "c").glob("*/0/0/0"))
 
