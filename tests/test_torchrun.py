@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import psutil
@@ -76,13 +77,17 @@ def _command(tiny: Path, world: int | None, *args: str) -> list[str]:
 
 class Job:
     """A job started in the background, its output in a file (a pipe that nobody reads
-    could fill and block the workers)."""
+    could fill and block the workers). A test that fails before the job ends leaves
+    nothing running (:func:`_no_job_left`)."""
+
+    started: ClassVar[list[Job]] = []
 
     def __init__(self, command: list[str], out: Path) -> None:
         self.out = out
         self._file = open(out, "w")  # noqa: SIM115
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(command, stdout=self._file, stderr=subprocess.STDOUT, env=env)
+        Job.started.append(self)
 
     def wait(self, timeout: float = JOB_TIMEOUT) -> int:
         try:
@@ -95,6 +100,16 @@ class Job:
 
     def output(self) -> str:
         return self.out.read_text(errors="replace")
+
+
+@pytest.fixture(autouse=True)
+def _no_job_left():
+    yield
+    while Job.started:
+        job = Job.started.pop()
+        if job.proc.poll() is None:
+            _kill_tree(job.proc.pid)
+            job.proc.wait()
 
 
 def _kill_tree(pid: int) -> None:
