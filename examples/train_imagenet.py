@@ -261,6 +261,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("--checkpoint-every and --start-epoch must be >= 0")
     if args.checkpoint_every and args.checkpoint is None:
         parser.error("--checkpoint-every needs --checkpoint PATH")
+    if args.dist_timeout <= 0:
+        parser.error(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
     if args.resume is not None and not args.resume.is_file():
         parser.error(f"--resume {args.resume}: no such checkpoint file")
     return args
@@ -277,7 +279,16 @@ def check_same_samples(loader: ReLabelLoader, root: Path) -> None:
     every: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(every, mine)
     if len(set(every)) > 1:
-        listed = ", ".join(f"rank {r}: {n:,} images ({h})" for r, (n, h) in enumerate(every))
+        groups: dict[Any, list[int]] = {}
+        for r, listing in enumerate(every):
+            groups.setdefault(tuple(listing), []).append(r)
+        listed = "; ".join(
+            f"rank {ranks[0]}: {n:,} images ({h})"
+            if len(ranks) == 1
+            else f"{len(ranks)} ranks ({', '.join(map(str, ranks[:4]))}"
+            f"{', ...' if len(ranks) > 4 else ''}): {n:,} images ({h})"
+            for (n, h), ranks in groups.items()
+        )
         raise RuntimeError(
             f"the ranks list different images under {root} ({listed}): every node must see "
             "the same files (a shared file system, or identical copies)"
