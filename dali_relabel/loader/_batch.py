@@ -8,7 +8,10 @@ image's crop box by :func:`~dali_relabel.ops.label_pooling.relabel_targets` on t
 images' device, or, when the loader mixes (CutMix, Mixup, label smoothing), by
 :class:`~dali_relabel.loader._mixing.Mixer`, which mixes the images too. The images
 reach torch through DLPack without a copy; host data reaches a CUDA device from pinned
-memory (:mod:`._transfer`), so that no batch waits for the trainer's GPU work.
+memory (:mod:`._transfer`), so that no batch waits for the trainer's GPU work. Where
+the loader jitters colours, each image is jittered with its own draws (the graph's
+``color`` output, :func:`~dali_relabel.loader._color.jitter_`) before anything mixes
+the images: Mixup blends and CutMix pastes (here, not in the graph) jittered images.
 docs/LOADER.md ("The join", "Keeping the per-batch cost near zero").
 """
 
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dali_relabel.loader._color import jitter_
 from dali_relabel.loader._graph import LoaderGraph, sample_indices
 from dali_relabel.loader._label_maps import LabelMaps
 from dali_relabel.loader._mixing import Mixer, MixParams
@@ -75,11 +79,13 @@ class BatchAssembler:
         self._local_size = local_size
         self._temperature = temperature
         self._mixer = mixer
+        self._jitters = "color" in graph.output_names
         self._pooler: cf.ThreadPoolExecutor | None = None
-        if targets != "hard" and device.type == "cpu":
+        if (targets != "hard" or self._jitters) and device.type == "cpu":
             # Pooling's small ops, parallelized over OpenMP threads that DALI's threads
             # keep busy, wait for each other (two orders of magnitude slower per batch).
-            # One thread of its own (the thread count is per calling thread) avoids it.
+            # One thread of its own (the thread count is per calling thread) avoids it;
+            # the colour jitter runs there too (one image at a time, in the core's cache).
             self._pooler = cf.ThreadPoolExecutor(
                 1,
                 thread_name_prefix="dali_relabel_pool",
@@ -129,23 +135,29 @@ class BatchAssembler:
                 "please report this"
             )
         images = self._images(named["images"], exec_dynamic)
+        color = named["color"].as_array() if self._jitters else None
         if self._targets == "hard":
+            if color is not None:
+                images = self._on_pooler(self._jitter, images, color)
             (at,) = to_device([indices], self._device)
-            return images, self._labels[at]
+            return self._cast(images), self._labels[at]
         boxes, mirrors = self._graph.boxes(named)
-        args = (indices, boxes, mirrors, maps, images, mix)
-        if self._pooler is None:
-            images, soft, at = self._soft_targets(*args)
-        else:
-            images, soft, at = self._pooler.submit(self._soft_targets, *args).result()
+        args = (indices, boxes, mirrors, maps, images, mix, color)
+        images, soft, at = self._on_pooler(self._soft_targets, *args)
         if self._targets == "both":
-            return images, soft, self._labels[at]
-        return images, soft
+            return self._cast(images), soft, self._labels[at]
+        return self._cast(images), soft
 
     def close(self) -> None:
         """Stop the pooling thread (CPU)."""
         if self._pooler is not None:
             self._pooler.shutdown(wait=False)
+
+    def _on_pooler(self, function, *args):
+        """``function(*args)`` on the pooling thread where there is one (CPU), else here."""
+        if self._pooler is None:
+            return function(*args)
+        return self._pooler.submit(function, *args).result()
 
     # -- targets ----------------------------------------------------------------------
     def _soft_targets(
@@ -156,9 +168,13 @@ class BatchAssembler:
         maps: Any,
         images: torch.Tensor,
         mix: MixParams | None,
+        color: np.ndarray | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(images, soft targets, sample indices on the device): mixed when the loader
-        mixes, on the pooling thread on the CPU (the image blend's ops too)."""
+        """(images, soft targets, sample indices on the device): jittered where the loader
+        jitters colours, then mixed where it mixes; on the pooling thread on the CPU (the
+        images' ops too)."""
+        if color is not None:
+            images = self._jitter(images, color)
         host = [indices, boxes, mirrors]
         if self._label_maps.on_device:
             host.append(self._label_maps.rows(indices))
@@ -173,8 +189,10 @@ class BatchAssembler:
             scores, classes = moved[3], moved[4]
         validate = self._device.type == "cpu"  # a host sync on CUDA; boxes are ours
         if self._mixer is not None and self._targets != "local":
-            if mix is not None and mix.mixed:
+            if mix is not None and mix.mixed and self._graph.pastes:
                 images = self._mixer.blend(images, mix)  # Mixup; CutMix pasted by DALI
+            elif mix is not None and mix.mixed:  # both, after each image's own colours
+                images = self._mixer.mix_images(images, mix)
             soft = self._mixer.targets(
                 mix,
                 scores=scores,
@@ -202,6 +220,13 @@ class BatchAssembler:
         return images, soft, at
 
     # -- images -----------------------------------------------------------------------
+    def _jitter(self, images: torch.Tensor, color: np.ndarray) -> torch.Tensor:
+        return jitter_(images, color, *self._graph.normalization)
+
+    def _cast(self, images: torch.Tensor) -> torch.Tensor:
+        # bfloat16 after the colours and the mixing, which run in DALI's float32
+        return images.to(torch.bfloat16) if self._dtype == torch.bfloat16 else images
+
     def _images(self, tensor_list: Any, exec_dynamic: bool) -> torch.Tensor:
         if exec_dynamic:
             # DALI's dynamic executor gives every iteration buffers of its own, kept alive
@@ -217,8 +242,6 @@ class BatchAssembler:
             feed_ndarray(tensor_list, out, cuda_stream=torch.cuda.current_stream(self._device))
         else:
             out = torch.from_numpy(tensor_list.as_array())  # as_array copies: a fresh tensor
-        if self._dtype == torch.bfloat16:
-            out = out.to(torch.bfloat16)
         if self._channels_last:
             out = out.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels_last strides
         return out

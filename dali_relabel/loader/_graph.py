@@ -40,7 +40,7 @@ from nvidia.dali import fn, pipeline_def, types
 
 from dali_relabel import _checks
 from dali_relabel._rrc import batch_generator, crop_inputs, draw_crops, train_boxes
-from dali_relabel.loader._color import COLOR_INPUTS, apply_color, draw_color, lighting_mean
+from dali_relabel.loader._color import COLOR_INPUTS, draw_color, lighting_mean
 from dali_relabel.loader._crops import rrc_window
 from dali_relabel.loader._mixing import MixParams
 from dali_relabel.loader._regions import paste_inputs
@@ -159,8 +159,6 @@ class GraphSpec:
             interp_type=types.INTERP_LINEAR,
             antialias=True,
         )
-        if self.color_jitter is not None:
-            images = apply_color(images, inputs, on_gpu=self.device_id is not None)
         if self.paste:  # CutMix's boxes, before the flip (see Mixer.paste_inputs)
             images = fn.multi_paste(
                 images,
@@ -169,10 +167,12 @@ class GraphSpec:
                 in_anchors=inputs["paste_in"],
                 out_anchors=inputs["paste_out"],
             )
-        mean = lighting_mean(inputs, self.mean) if self.lighting > 0 else None
+        mean = lighting_mean(inputs["color"], self.mean) if self.lighting > 0 else None
         mirrors = inputs["mirror"]
         images = self._normalize(images, mirror=mirrors, mean=mean)
-        return images, inputs["indices"], anchors, shapes, image_shapes, mirrors
+        outputs = (images, inputs["indices"], anchors, shapes, image_shapes, mirrors)
+        # the jitter runs after the graph (._color), each image with its own draws
+        return outputs + ((inputs["color"],) if self.color_jitter is not None else ())
 
     def _normalize(self, images, *, mirror, crop=None, mean=None):
         kwargs = {}
@@ -192,17 +192,23 @@ class GraphSpec:
     def input_names(self) -> tuple[str, ...]:
         if not self.train:
             return EVAL_INPUTS
-        color = ("brightness", "contrast", "saturation") if self.color_jitter is not None else ()
-        lighting = ("lighting",) if self.lighting > 0 else ()
-        return TRAIN_INPUTS + color + lighting + (PASTE_INPUTS if self.paste else ())
+        color = tuple(COLOR_INPUTS) if self.color else ()
+        return TRAIN_INPUTS + color + (PASTE_INPUTS if self.paste else ())
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """What each output is, in order: :data:`TRAIN_OUTPUTS` (and ``color``, the colour
+        draws, where the loader jitters colours after the graph) or :data:`EVAL_OUTPUTS`."""
+        if not self.train:
+            return EVAL_OUTPUTS
+        return TRAIN_OUTPUTS + (("color",) if self.color_jitter is not None else ())
 
     def draw(self, rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
         """A training batch's random draws by input name: crops and flips, then colours
         (only the inputs the graph has: DALI removes an input that nothing reads)."""
         draws = crop_inputs(draw_crops(rng, count, self.scale, self.ratio))
         if self.color:
-            color = draw_color(rng, count, self.color_jitter, self.lighting)
-            draws.update((k, v) for k, v in color.items() if k in self.input_names)
+            draws["color"] = draw_color(rng, count, self.color_jitter, self.lighting)
         return draws
 
 
@@ -277,7 +283,8 @@ class LoaderGraph:
         seed, rank: training batch ``b`` of epoch ``e`` draws its crops and flips from
             (seed, e, rank, b) and from nothing else.
         color_jitter, lighting: the colour augmentation (:mod:`._color`), checked.
-        paste: paste CutMix boxes in the graph; each batch is then fed its mixing.
+        paste: CutMix is on: the graph pastes its boxes, each batch then fed its mixing,
+            unless it colours the images (:attr:`pastes`).
     """
 
     def __init__(
@@ -314,7 +321,8 @@ class LoaderGraph:
             device_id=device_id,
             color_jitter=color_jitter,
             lighting=lighting,
-            paste=paste and train,
+            # a patch keeps its own image's colours: with colour, torch pastes after it
+            paste=paste and train and color_jitter is None and not lighting,
         )
         self._paths = paths
         # DALI opens the paths from its own threads: make them independent of a later chdir
@@ -329,8 +337,19 @@ class LoaderGraph:
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        """What each pipeline output is, in order: :data:`TRAIN_OUTPUTS` or :data:`EVAL_OUTPUTS`."""
-        return TRAIN_OUTPUTS if self.train else EVAL_OUTPUTS
+        """What each pipeline output is, in order (:attr:`GraphSpec.output_names`)."""
+        return self._spec.output_names
+
+    @property
+    def pastes(self) -> bool:
+        """Whether the graph pastes CutMix boxes (not where it colours the images: a patch
+        is then pasted after its own image's colours, by the batch assembler)."""
+        return self._spec.paste
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of the images' normalization, channels on the 0-1 scale."""
+        return self._spec.mean, self._spec.std
 
     def build(self, batch_size: int, prefetch_queue_depth: int) -> Any:
         """The built pipeline, inputs by name (:meth:`feed`), batches of up to ``batch_size``."""

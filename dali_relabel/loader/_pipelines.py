@@ -17,7 +17,7 @@ from dali_relabel import _checks
 from dali_relabel._rrc import batch_generator
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 from dali_relabel.errors import ArgumentError
-from dali_relabel.loader._color import check_color_jitter, check_lighting
+from dali_relabel.loader._color import check_lighting
 from dali_relabel.loader._graph import GraphSpec, build_graph, dali_dtype, default_resize_size
 
 __all__ = ["build_eval_pipeline", "build_train_pipeline"]
@@ -88,7 +88,6 @@ def build_train_pipeline(
     num_threads: int = 2,
     seed: int = 0,
     prefetch_queue_depth: int = 2,
-    color_jitter: tuple[float, float, float] | None = None,
     lighting: float = 0.0,
 ):
     """A built DALI pipeline of RandomResizedCrop training, outputs :data:`TRAIN_OUTPUTS`.
@@ -118,9 +117,9 @@ def build_train_pipeline(
         seed: seed of the crops and flips; batch ``b`` of pass ``p`` over the list draws
             from (seed, p, 0, b). Default: 0.
         prefetch_queue_depth: batches DALI computes ahead. Default: 2.
-        color_jitter: (brightness, contrast, saturation) of ColorJitter (the loader's
-            ``color_jitter``, :mod:`._color`). Default: None.
-        lighting: standard deviation of the PCA lighting; 0 for none. Default: 0.
+        lighting: standard deviation of the PCA lighting (the loader's ``lighting``,
+            :mod:`._color`); 0 for none. Default: 0. (The loader's ``color_jitter`` runs
+            after the graph, in torch.)
     """
     _check_common(files, labels, batch_size, crop_size, num_threads)
     _checks.at_least("seed", seed, 0)
@@ -135,7 +134,6 @@ def build_train_pipeline(
         dtype=dtype,
         channels_last=channels_last,
         device_id=device_id,
-        color_jitter=check_color_jitter(color_jitter),
         lighting=check_lighting(lighting),
     )
     dali_dtype(dtype)
