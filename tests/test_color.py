@@ -1,7 +1,9 @@
-"""Colour augmentation in the DALI graph: each operation's formula and the distribution of
-its random factors, measured on real photos against the same crops without colour (the
-crops do not depend on it), and the whole recipe against torchvision's ColorJitter and
-the official Lighting applied to those crops."""
+"""Colour augmentation: the jitter's affine map against float64 references (the formulas
+written out here, and torchvision's own ColorJitter functions where nothing clips), each
+operation's formula and the distribution of its random factors measured on real photos
+against the same crops without colour (the crops do not depend on it), the whole recipe
+against torchvision's ColorJitter and the official Lighting applied to those crops, and
+CutMix/Mixup mixing images that each carry their own colours."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from torchvision import transforms
 
 from dali_relabel import ReLabelLoader
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD
-from dali_relabel.loader._color import EIGVAL, EIGVEC, GRAY
+from dali_relabel.loader._color import EIGVAL, EIGVEC, GRAY, draw_color, jitter_
 
 CROP = 48
 EPOCHS = 3
@@ -40,11 +42,9 @@ def _gray(x: np.ndarray) -> np.ndarray:
     return np.tensordot(np.array(GRAY), x, axes=([0], [1]))[:, None]  # [N, 1, S, S]
 
 
-def _fit(out: np.ndarray, x: np.ndarray, centre: np.ndarray, clipped: bool) -> np.ndarray:
-    """Per image, the factor f of ``out = f * (x - centre) + centre`` by least squares over
-    the pixels that did not clip (all of them where the operation does not clip)."""
-    keep = (out > 0.5) & (out < 254.5) if clipped else np.ones(out.shape, bool)
-    dx, dy = (x - centre) * keep, (out - centre) * keep
+def _fit(out: np.ndarray, x: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Per image, the factor f of ``out = f * (x - centre) + centre`` by least squares."""
+    dx, dy = x - centre, out - centre
     return (dx * dy).sum((1, 2, 3)) / (dx * dx).sum((1, 2, 3))
 
 
@@ -67,14 +67,12 @@ def test_each_jitter_is_torchvisions_formula_with_uniform_factors(
         centre = np.broadcast_to(_gray(plain).mean((2, 3), keepdims=True), plain.shape)
     else:  # blended with the grayscale image
         centre = np.broadcast_to(_gray(plain), plain.shape)
-    factors = _fit(out, plain, centre, clipped=op != "saturation")
+    factors = _fit(out, plain, centre)
     expected = factors[:, None, None, None] * (plain - centre) + centre
-    if op == "saturation":  # in float, not clipped (see dali_relabel.loader._color)
-        assert np.abs(out - expected).max() < 0.5, np.abs(out - expected).max()
-    else:  # rounded and clipped once: within one level nearly everywhere
-        expected = np.clip(np.rint(expected), 0, 255)
-        assert np.mean(np.abs(out - expected) <= 1.01) > 0.999
-    assert factors.min() >= 0.6 - 1e-3 and factors.max() <= 1.4 + 1e-3
+    # in float, neither rounded nor clipped (see dali_relabel.loader._color)
+    assert np.abs(out - expected).max() < 2e-3, np.abs(out - expected).max()
+    assert (out > 255.5).any() or op == "saturation"  # not clipped: brightness 1.4 passes 255
+    assert factors.min() >= 0.6 - 1e-6 and factors.max() <= 1.4 + 1e-6
     assert factors.min() < 0.65 and factors.max() > 1.35  # the whole range is drawn
     assert _ks_uniform(factors, 0.6, 1.4) < KS_001 / np.sqrt(len(factors)), np.sort(factors)
 
@@ -148,18 +146,157 @@ def test_colour_is_a_training_option_and_checked(sample_data, sample_store):
     assert torch.is_tensor(next(iter(loader))[0])
 
 
+# -- the affine map, against float64 references ------------------------------------------
+_MEAN64, _STD64 = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+
+
+def _reference(x: np.ndarray, color: np.ndarray, order=(0, 1, 2)) -> np.ndarray:
+    """torchvision's ColorJitter without clipping (brightness, contrast, saturation in
+    ``order``), then the official Lighting, on 0-1 images x [B, 3, H, W], float64."""
+    out = x.copy()
+    for op in order:
+        for i, (fb, fc, fs) in enumerate(color[:, :3].astype(np.float64)):
+            gray = np.tensordot(np.array(GRAY), out[i], axes=1)  # [H, W]
+            if op == 0:
+                out[i] = fb * out[i]
+            elif op == 1:
+                out[i] = fc * out[i] + (1 - fc) * gray.mean()
+            else:
+                out[i] = fs * out[i] + (1 - fs) * gray
+    return out + color[:, 3:6, None, None].astype(np.float64)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return (x - _MEAN64[None, :, None, None]) / _STD64[None, :, None, None]
+
+
+def _lit_input(x: np.ndarray, color: np.ndarray) -> np.ndarray:
+    """What the graph returns: the 0-1 image lit and normalized."""
+    return _normalize(x + color[:, 3:6, None, None].astype(np.float64))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("group", [None, 3, 64])  # one image at a time (CPU), batch (GPU)
+def test_jitter_is_the_recipe_in_float64(layout, group):
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (7, 3, 20, 24))
+    color = draw_color(rng, 7, (1.0, 1.0, 1.0), 0.5)  # the widest ranges: pixels leave 0-1
+    images = torch.from_numpy(_lit_input(x, color)).float()
+    if layout == "channels_last":
+        images = images.contiguous(memory_format=torch.channels_last)
+    out = jitter_(images, color, IMAGENET_MEAN, IMAGENET_STD, group=group)
+    assert out.data_ptr() == images.data_ptr() and out.stride() == images.stride()  # in place
+    for order in [(0, 1, 2), (2, 1, 0), (1, 2, 0)]:  # unclipped, the order does not matter
+        expected = _normalize(_reference(x, color, order))
+        assert np.abs(out.double().numpy() - expected).max() < 2e-5
+    assert expected.max() > _normalize(np.ones((1, 3, 1, 1))).max()  # unclipped above 1
+
+
+def test_jitter_in_float16():
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 1, (4, 3, 16, 16))
+    color = draw_color(rng, 4, (0.4, 0.4, 0.4), 0.1)
+    out = jitter_(torch.from_numpy(_lit_input(x, color)).half(), color, IMAGENET_MEAN, IMAGENET_STD)
+    assert out.dtype == torch.float16
+    expected = _normalize(_reference(x, color))
+    assert np.abs(out.double().numpy() - expected).max() < 2e-2  # float16 steps near 2.6
+
+
+def test_jitter_is_torchvisions_colorjitter_where_nothing_clips():
+    """torchvision's own adjust_brightness/contrast/saturation (they clamp to 0-1 after
+    each, and weigh red 0.2989 in the gray), on images that no permutation pushes out of
+    0-1: the same result, whatever the order."""
+    from itertools import permutations
+
+    from torchvision.transforms.v2 import functional as F
+
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0.3, 0.5, (6, 3, 16, 16))
+    color = draw_color(rng, 6, (0.4, 0.4, 0.4), 0.0)
+    out = jitter_(torch.from_numpy(_lit_input(x, color)).float(), color,
+                  IMAGENET_MEAN, IMAGENET_STD).double().numpy()  # fmt: skip
+    ops = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+    for order in permutations(range(3)):
+        for i in range(len(x)):
+            image = torch.from_numpy(x[i])
+            for op in order:
+                image = ops[op](image, float(color[i, op]))
+                assert 0 < image.min() and image.max() < 1  # no clamp was at work
+            expected = (image.numpy() - _MEAN64[:, None, None]) / _STD64[:, None, None]
+            assert np.abs(out[i] - expected).max() < 5e-4  # 0.2989 vs 0.299
+
+
+# -- mixing images that carry their own colours -------------------------------------------
+_RECIPE = {"color_jitter": 0.4, "lighting": 0.1}
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_cutmix_pastes_the_partners_own_colours(sample_data, sample_store, mode):
+    """Same seed: the same crops, flips and colours with and without CutMix. Inside its box
+    an image shows its partner as the partner's own draws coloured it (timm's and
+    torchvision's order: colour per image, then mixing), elsewhere itself."""
+    from dali_relabel.loader._mixing import Mixer, mix_generator
+
+    kwargs = {"seed": 7, "crop_size": 48, "num_threads": 2, **_RECIPE}
+    plain = ReLabelLoader(sample_data.train, sample_store, 10, **kwargs)
+    mixed = ReLabelLoader(
+        sample_data.train, sample_store, 10, cutmix_alpha=1.0, mix_mode=mode, **kwargs
+    )
+    mixer = Mixer(1000, cutmix_alpha=1.0, mode=mode)
+    pasted = 0
+    for b, ((x, _), (y, _)) in enumerate(zip(plain, mixed, strict=True)):
+        params = mixer.draw(mix_generator(7, 0, 0, b), len(x), 48, 48)
+        for i in range(len(x)):
+            yl, yh, xl, xh = params.boxes[i] if params.cutmix[i] else (0, 0, 0, 0)
+            inside = torch.zeros(48, 48, dtype=torch.bool)
+            inside[yl:yh, xl:xh] = True
+            assert torch.equal(y[i][:, ~inside], x[i][:, ~inside])
+            if inside.any():
+                assert torch.equal(y[i][:, inside], x[len(x) - 1 - i][:, inside])
+                pasted += 1
+    assert pasted >= 10
+
+
+def test_mixup_blends_images_with_their_own_colours(sample_data, sample_store):
+    from dali_relabel.loader._mixing import Mixer, mix_generator
+
+    kwargs = {"seed": 8, "crop_size": 48, "num_threads": 2, **_RECIPE}
+    plain = ReLabelLoader(sample_data.train, sample_store, 10, **kwargs)
+    mixed = ReLabelLoader(sample_data.train, sample_store, 10, mixup_alpha=0.8, **kwargs)
+    mixer = Mixer(1000, mixup_alpha=0.8)
+    for b, ((x, _), (y, _)) in enumerate(zip(plain, mixed, strict=True)):
+        lam = float(mixer.draw(mix_generator(8, 0, 0, b), len(x), 48, 48).lam[0])
+        assert torch.allclose(y, lam * x + (1 - lam) * x.flip(0), atol=1e-5)
+
+
+def test_colour_changes_no_crop(sample_data, sample_store):
+    """The colour draws come after the crop's: the same windows and flips with colour."""
+    kwargs = {"seed": 9, "crop_size": 48, "num_threads": 2, "targets": "both"}
+    plain = ReLabelLoader(sample_data.train, sample_store, 10, **kwargs)
+    coloured = ReLabelLoader(sample_data.train, sample_store, 10, **kwargs, **_RECIPE)
+    for (x, soft, hard), (y, soft_c, hard_c) in zip(plain, coloured, strict=True):
+        assert torch.equal(soft, soft_c) and torch.equal(hard, hard_c)
+        assert not torch.allclose(x, y)
+
+
 @pytest.mark.gpu
 def test_colour_on_the_gpu_is_the_same_computation(sample_data, sample_store):
-    """On "mixed" (the image's mean gray goes back to the CPU as the contrast's argument):
-    the contrast formula and the lighting offsets as on the CPU, against the same crops
-    decoded on the GPU without colour."""
+    """On "mixed": the jitter on the device against the float64 reference, and through the
+    loader the contrast formula and the lighting offsets as on the CPU, against the same
+    crops decoded on the GPU without colour."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (7, 3, 20, 24))
+    color = draw_color(rng, 7, (1.0, 1.0, 1.0), 0.5)
+    images = torch.from_numpy(_lit_input(x, color)).float().cuda()
+    out = jitter_(images, color, IMAGENET_MEAN, IMAGENET_STD).double().cpu().numpy()
+    assert np.abs(out - _normalize(_reference(x, color))).max() < 2e-5
     plain = np.rint(_batches(sample_data, sample_store, "cuda"))
     out = _batches(sample_data, sample_store, "cuda", color_jitter=(0, 0.4, 0))
     centre = np.broadcast_to(_gray(plain).mean((2, 3), keepdims=True), plain.shape)
-    factors = _fit(out, plain, centre, clipped=True)
-    expected = np.clip(np.rint(factors[:, None, None, None] * (plain - centre) + centre), 0, 255)
-    assert np.mean(np.abs(out - expected) <= 1.01) > 0.999
-    assert factors.min() >= 0.6 - 1e-3 and factors.max() <= 1.4 + 1e-3
+    factors = _fit(out, plain, centre)
+    expected = factors[:, None, None, None] * (plain - centre) + centre
+    assert np.abs(out - expected).max() < 2e-3
+    assert factors.min() >= 0.6 - 1e-6 and factors.max() <= 1.4 + 1e-6
     lit = _batches(sample_data, sample_store, "cuda", lighting=0.1)
     per_image = ((lit - plain) / 255).mean((2, 3))
     alpha = np.linalg.solve(np.array(EIGVEC), per_image.T).T / np.array(EIGVAL)

@@ -232,6 +232,7 @@ def jitter_(
     )
     # rows [v . z; 1] of a group's pixels, reused from group to group
     rows = torch.ones(group, 2, count, dtype=images.dtype, device=images.device)
+    line = rows[:, :1]
     steps = zip(
         pixels.split(group),
         weights.split(group),
@@ -241,12 +242,12 @@ def jitter_(
         strict=True,
     )
     for x, w, k, a, first in steps:
-        size = len(x)
-        line = rows[:size, :1]
-        torch.bmm(gray[:size], x, out=line)  # v . z
+        if x.shape[0] < group:  # the last group, smaller
+            rows, line, gray = rows[: x.shape[0]], line[: x.shape[0]], gray[: x.shape[0]]
+        torch.bmm(gray, x, out=line)  # v . z
         w = torch.addcmul(w, k, line.mean(2, keepdim=True))  # [u | s + k m]
-        if size == 1:  # a z + [u | s + k m] @ [v . z; 1], in place: one pass
-            x.baddbmm_(w, rows[:1], beta=first)
+        if group == 1:  # a z + [u | s + k m] @ [v . z; 1], in place: one pass
+            x.baddbmm_(w, rows, beta=first)
         else:
-            x.mul_(a).baddbmm_(w, rows[:size])
+            x.mul_(a).baddbmm_(w, rows)
     return images
