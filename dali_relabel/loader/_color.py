@@ -227,9 +227,7 @@ def jitter_(
     scale, weights, contrast = jitter_maps(color, mean, std)
     gray = np.broadcast_to(np.asarray(GRAY) * np.asarray(std), (group, 1, 3))  # v
     host = [a.astype(np.float32) for a in (weights, contrast, gray, scale)]
-    weights, contrast, gray, factors = (
-        t.to(images.dtype) for t in to_device(host, images.device)
-    )
+    weights, contrast, gray, factors = (t.to(images.dtype) for t in to_device(host, images.device))
     # rows [v . z; 1] of a group's pixels, reused from group to group
     rows = torch.ones(group, 2, count, dtype=images.dtype, device=images.device)
     line = rows[:, :1]
