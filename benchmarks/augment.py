@@ -8,6 +8,7 @@ Configurations, each its own loader on the same sample photos, batch and threads
   cutmix_area    cutmix_alpha=1.0, the paper's area targets
   mixup          mixup_alpha=0.8 (timm's recipe value)
   color          color_jitter=0.4 and lighting=0.1 (the official ReLabel recipe)
+  color_cutmix   both (CutMix then pastes in torch, after each image's colours)
 
 Windows are interleaved (window w of every configuration, then window w + 1), so that a
 change of the machine's load hits all of them alike. A window is ``--window-epochs``
@@ -55,6 +56,7 @@ CONFIGS = {
     "cutmix_area": {"cutmix_alpha": 1.0, "mix_targets": "area"},
     "mixup": {"mixup_alpha": 0.8},
     "color": {"color_jitter": 0.4, "lighting": 0.1},
+    "color_cutmix": {"color_jitter": 0.4, "lighting": 0.1, "cutmix_alpha": 1.0},
     # diagnosis: the CutMix graph with nothing cut (its paste copies, no mixing)
     "cutmix_never": {"cutmix_alpha": 1.0, "mix_prob": 0.0},
 }

@@ -29,12 +29,16 @@ diag(std)``):
     z' = S^-1 A S z + S^-1 ((A - I) (mean - o) + fb (1 - fc) m 1),
     m = g . (S mean_pixels(z) + mean - o)
 
-one batched matrix product with the image's mean gray as a fourth output row
-(:func:`jitter_`), written over the batch in place. DALI's CPU operators for the same
+written over the batch in place (:func:`jitter_`, :func:`jitter_maps`). ``A`` is the
+identity scaled by ``a = fb fc fs`` plus a rank-one term that adds a multiple of each
+pixel's gray to all three channels, so an image takes two passes: one product for
+each pixel's ``v . z`` (``v = S g``: the gray of ``S z``) and its mean over the image,
+then ``z <- a z + [u | s + k mean(v . z)] @ [v . z; 1]`` in place. On the CPU each image's two passes run back to back, the image still in the
+core's cache; on a GPU the batch is one step. DALI's CPU operators for the same
 (``fn.reductions.mean`` for ``m``, ``fn.brightness_contrast``, ``fn.hsv`` for the
-saturation) cost about six times as much on the CPU (README, "Numbers"). A CutMix
-patch keeps its own image's colours: where colour is on, the loader pastes CutMix boxes
-in torch after the jitter rather than in the graph (:mod:`._batch`).
+saturation) cost several times as much (README, "Numbers"). A CutMix patch keeps its
+own image's colours: where colour is on, the loader pastes CutMix boxes in torch after
+the jitter rather than in the graph (:mod:`._batch`); Mixup blends in torch either way.
 
 Differences from torchvision, which jitters uint8 (or 0-1 float) images in a random order
 of the three, rounding and clipping to 0-255 after each: here nothing is rounded or
@@ -167,10 +171,11 @@ def jitter_maps(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each image's jitter as a map of its normalized pixels (module docstring), float64.
 
-    With ``v = S g`` (so that ``v . z`` is the gray of ``S z``) and ``m`` the image's mean
-    of ``v . z``, each pixel becomes
+    With ``v = S g`` (so that ``v . z`` is the gray of ``S z``), each pixel becomes
 
-        z' = a z + [u | s + k m] @ [v . z; 1]
+        z' = a z + [u | s + k mean(v . z)] @ [v . z; 1]
+
+    (the mean over the image's pixels).
 
     Args:
         color: the batch's draws, [B, 6] (:func:`draw_color`).
@@ -180,7 +185,7 @@ def jitter_maps(
         ``scale`` [B]: ``a = fb fc fs``; ``weights`` [B, 3, 2]: ``[u | s]``, the gray's
         weight ``u = fb fc (1 - fs) / std`` and the shift ``s = S^-1 ((A - I) (mean -
         o) + fb (1 - fc) (g . (mean - o)) 1)``; ``contrast`` [B, 3, 2]: ``[0 | k]``,
-        ``k = fb (1 - fc) / std``, what ``m`` adds to ``weights``.
+        ``k = fb (1 - fc) / std``, what ``mean(v . z)`` adds to ``weights``.
     """
     color = np.asarray(color, dtype=np.float64)
     fb, fc, fs = color[:, 0, None], color[:, 1, None], color[:, 2, None]  # [B, 1]
@@ -225,6 +230,7 @@ def jitter_(
     if group is None:
         group = 1 if images.device.type == "cpu" else batch
     scale, weights, contrast = jitter_maps(color, mean, std)
+    contrast = contrast / count  # times the sum of v . z over the pixels: its mean
     gray = np.broadcast_to(np.asarray(GRAY) * np.asarray(std), (group, 1, 3))  # v
     host = [a.astype(np.float32) for a in (weights, contrast, gray, scale)]
     weights, contrast, gray, factors = (t.to(images.dtype) for t in to_device(host, images.device))
@@ -243,8 +249,8 @@ def jitter_(
         if x.shape[0] < group:  # the last group, smaller
             rows, line, gray = rows[: x.shape[0]], line[: x.shape[0]], gray[: x.shape[0]]
         torch.bmm(gray, x, out=line)  # v . z
-        w = torch.addcmul(w, k, line.mean(2, keepdim=True))  # [u | s + k m]
-        if group == 1:  # a z + [u | s + k m] @ [v . z; 1], in place: one pass
+        w = torch.addcmul(w, k, line.sum(2, keepdim=True))  # [u | s + k mean(v . z)]
+        if group == 1:  # a z + w @ [v . z; 1], in place: one pass
             x.baddbmm_(w, rows, beta=first)
         else:
             x.mul_(a).baddbmm_(w, rows)

@@ -116,7 +116,8 @@ class GraphSpec:
 
     @property
     def color(self) -> bool:
-        """Whether the training graph jitters colours or adds lighting (:mod:`._color`)."""
+        """Whether the training batches are coloured (:mod:`._color`): the graph then takes
+        the colour draws, adds the lighting and passes the jitter's draws on."""
         return self.train and (self.color_jitter is not None or self.lighting > 0)
 
     def define(self, inputs: dict[str, Any]) -> tuple[Any, ...]:

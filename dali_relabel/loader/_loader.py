@@ -153,7 +153,8 @@ class ReLabelLoader:
         mix_targets: "region" gives each part of a mixed image the label map of the
             pixels it shows (crop and flip accounted for); "area" is the paper's
             lambda-weighted sum of the two crops' targets. Default: "region".
-        color_jitter: ColorJitter of training images in the DALI graph, a number or
+        color_jitter: ColorJitter of training images (after the DALI graph, on the
+            images' device, before any mixing), a number or
             (brightness, contrast, saturation); 0.4 is the official ReLabel recipe's and
             timm's default. docs/LOADER.md ("Colour"). Default: None (off).
         lighting: standard deviation of AlexNet's PCA lighting (0.1 in the official
