@@ -230,7 +230,6 @@ def jitter_(
     if group is None:
         group = 1 if images.device.type == "cpu" else batch
     scale, weights, contrast = jitter_maps(color, mean, std)
-    contrast = contrast / count  # times the sum of v . z over the pixels: its mean
     gray = np.broadcast_to(np.asarray(GRAY) * np.asarray(std), (group, 1, 3))  # v
     host = [a.astype(np.float32) for a in (weights, contrast, gray, scale)]
     weights, contrast, gray, factors = (t.to(images.dtype) for t in to_device(host, images.device))
@@ -242,16 +241,16 @@ def jitter_(
         weights.split(group),
         contrast.split(group),
         factors.view(-1, 1, 1).split(group),
-        scale[::group].tolist(),
+        scale[::group].tolist(),  # a of each group's first image
         strict=True,
     )
-    for x, w, k, a, first in steps:
+    for x, w, k, a, beta in steps:
         if x.shape[0] < group:  # the last group, smaller
             rows, line, gray = rows[: x.shape[0]], line[: x.shape[0]], gray[: x.shape[0]]
         torch.bmm(gray, x, out=line)  # v . z
-        w = torch.addcmul(w, k, line.sum(2, keepdim=True))  # [u | s + k mean(v . z)]
+        w = torch.addcmul(w, k, line.mean(2, keepdim=True))  # [u | s + k mean(v . z)]
         if group == 1:  # a z + w @ [v . z; 1], in place: one pass
-            x.baddbmm_(w, rows, beta=first)
+            x.baddbmm_(w, rows, beta=beta)
         else:
             x.mul_(a).baddbmm_(w, rows)
     return images
