@@ -31,14 +31,15 @@ diag(std)``):
 
 written over the batch in place (:func:`jitter_`, :func:`jitter_maps`). ``A`` is the
 identity scaled by ``a = fb fc fs`` plus a rank-one term that adds a multiple of each
-pixel's gray to all three channels, so an image takes two passes: one product for
-each pixel's ``v . z`` (``v = S g``: the gray of ``S z``) and its mean over the image,
-then ``z <- a z + [u | s + k mean(v . z)] @ [v . z; 1]`` in place. On the CPU each image's two passes run back to back, the image still in the
-core's cache; on a GPU the batch is one step. DALI's CPU operators for the same
-(``fn.reductions.mean`` for ``m``, ``fn.brightness_contrast``, ``fn.hsv`` for the
-saturation) cost several times as much (README, "Numbers"). A CutMix patch keeps its
-own image's colours: where colour is on, the loader pastes CutMix boxes in torch after
-the jitter rather than in the graph (:mod:`._batch`); Mixup blends in torch either way.
+pixel's gray to all three channels, so an image takes two passes: one product for each
+pixel's ``v . z`` (``v = S g``: the gray of ``S z``) and its mean over the image, then
+``z <- a z + [u | s + k mean(v . z)] @ [v . z; 1]`` in place. On the CPU each image's
+two passes run back to back, the image still in the core's cache; on a GPU the batch is
+one step. DALI's CPU operators for the same (``fn.reductions.mean`` for ``m``,
+``fn.brightness_contrast``, ``fn.hsv`` for the saturation) cost several times as much
+(README, "Numbers"). A CutMix patch keeps its own image's colours: where colour is on,
+the loader pastes CutMix boxes in torch after the jitter rather than in the graph
+(:mod:`._batch`); Mixup blends in torch either way.
 
 Differences from torchvision, which jitters uint8 (or 0-1 float) images in a random order
 of the three, rounding and clipping to 0-255 after each: here nothing is rounded or

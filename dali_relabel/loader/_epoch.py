@@ -84,7 +84,8 @@ class Epochs:
         epoch_free: the batches do not depend on the epoch (evaluation without shuffle):
             the batches fed ahead for one epoch serve any epoch.
         draw_mix: draws a training batch's mixing when it is fed (the graph pastes
-            CutMix boxes, the assembler blends and mixes targets); None without mixing.
+            CutMix boxes unless the loader colours images, the assembler blends, and
+            pastes where the graph does not, and mixes targets); None without mixing.
         headers: checks the files of each batch before it is fed (the pixel limit);
             None for no check.
     """

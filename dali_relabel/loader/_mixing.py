@@ -18,9 +18,11 @@ timm recipe means the same here:
   measures the box it drew either way);
 - the box shows the partner: ``x[:, :, yl:yh, xl:xh] = x.flip(0)[:, :, yl:yh, xl:xh]``
   (:meth:`Mixer.mix_images`, in torch); Mixup is ``lam * x + (1 - lam) * x.flip(0)``.
-  The loader pastes the boxes in its DALI graph before the flips instead
-  (:func:`~dali_relabel.loader._regions.paste_inputs`: the same region of the partner,
-  mirrored where the two flips differ) and blends in torch (:meth:`Mixer.blend`);
+  Without colour augmentation the loader pastes the boxes in its DALI graph before the
+  flips instead (:func:`~dali_relabel.loader._regions.paste_inputs`: the same region of
+  the partner, mirrored where the two flips differ) and blends in torch
+  (:meth:`Mixer.blend`); with it, each image is coloured first and :meth:`mix_images`
+  mixes the coloured batch (a patch keeps its own image's colours, as in timm);
 - label smoothing turns each target row ``t`` into ``(1 - eps) * t + eps / C`` whenever
   it is configured, mixed or not (timm's ``mixup_target`` smooths every batch of a
   mixing collate, also after ``mixup_enabled`` is switched off).
