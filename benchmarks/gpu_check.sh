@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The project's GPU check: GPU tests, the LabelPooling benchmark, the decoder question and
-# the throughput benchmark at batch 256, plus the example trainer, generate and the epoch
-# benchmark on CUDA, in a few minutes, JSON under OUT_DIR.
+# The project's GPU check: GPU tests, the LabelPooling benchmark, the decoder question, the
+# throughput benchmark at batch 256 and the augmentations' costs (colour, CutMix), plus the
+# example trainer, generate and the epoch benchmark on CUDA, in a few minutes, JSON under
+# OUT_DIR.
 #
 # Usage: benchmarks/gpu_check.sh OUT_DIR
 # Run from the repository root with dali_relabel importable (PYTHONPATH=$PWD) and DALI,
@@ -41,4 +42,7 @@ step throughput 200 "$py" benchmarks/throughput.py --device cuda --batch-size 25
     --images-per-class 160 --windows 3 --window-batches 4 --warmup-batches 3 --out-dir "$out"
 step epochs 120 "$py" benchmarks/epochs.py --device cuda --batch-size 256 \
     --batches-per-epoch 3 --threads 16 --out "$out/epochs.json"
+step augment 150 "$py" benchmarks/augment.py --device cuda --batch-size 256 \
+    --images-per-class 100 --windows 3 --window-epochs 2 --settle 1 \
+    --configs baseline color cutmix_region color_cutmix --out "$out/augment.json"
 exit $status
