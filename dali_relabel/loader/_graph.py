@@ -122,7 +122,7 @@ class GraphSpec:
 
     def define(self, inputs: dict[str, Any]) -> tuple[Any, ...]:
         """The graph on ``inputs`` (DALI nodes by input name); outputs in the order of
-        :data:`TRAIN_OUTPUTS` or :data:`EVAL_OUTPUTS`."""
+        :attr:`output_names`."""
         decoder = "cpu" if self.device_id is None else "mixed"
         # read(), not mmap: the decoder reads every page of a file once, and a page fault
         # per 4 kB costs more than one copy of the whole file
