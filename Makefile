@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/generate.py --out runs/bench/generate.json
 	$(PY) benchmarks/throughput.py --out-dir runs/bench
 	$(PY) benchmarks/augment.py --out runs/bench/augment.json
+	$(PY) benchmarks/color_ops.py --out runs/bench/color_ops.json
 	$(PY) benchmarks/epochs.py --out runs/bench/epochs.json
 
 clean:
