@@ -27,6 +27,7 @@ __all__ = [
     "StoreIncompleteError",
     "StoreMismatchError",
     "StoreNotFoundError",
+    "TableCacheError",
     "TeacherError",
     "TreeError",
 ]
@@ -73,6 +74,10 @@ class StoreNotFoundError(NotFoundError):
 class StorageAccessError(DaliRelabelError, OSError):
     """Object storage (S3) that cannot be reached or refuses a request: a wrong endpoint,
     missing credentials, a bucket that does not exist, access denied."""
+
+
+class TableCacheError(DaliRelabelError, OSError):
+    """The node-local cache of decoded label tables has no room, or its lock is stuck."""
 
 
 class ClassTableError(DaliRelabelError, ValueError):

@@ -3,7 +3,8 @@
 :class:`LabelMapStore` reads a store, :class:`LabelMapWriter` writes one resumably, and
 :func:`compact` rewrites a written store without some of its rows, :func:`rewrite` in
 the current format, and :func:`verify_store` reads every chunk and names each damaged
-shard; :func:`scan_in_store_classes` lists an image folder in a store's class space.
+shard; :func:`scan_in_store_classes` lists an image folder in a store's class space,
+and :func:`node_table` decodes a store once per node into a file every local rank maps.
 Stores live in local folders or on S3 (``s3://bucket/path``, read in place; written
 locally, then :func:`publish`-ed; docs/STORAGE.md). The format is in docs/FORMAT.md and
 :mod:`dali_relabel.store._format`.
@@ -23,6 +24,14 @@ from dali_relabel.store._format import (
     STORE_FORMAT_VERSION,
     class_dtype_for,
 )
+from dali_relabel.store._node_table import (
+    CACHE_ENV,
+    NodeTable,
+    default_cache_dir,
+    fill_table,
+    node_table,
+    store_fingerprint,
+)
 from dali_relabel.store._reader import LabelMapStore, open_store
 from dali_relabel.store._s3 import STORAGE_OPTIONS, is_s3, parse_storage_option
 from dali_relabel.store._upload import (
@@ -41,6 +50,7 @@ from dali_relabel.store._verify import (
 from dali_relabel.store._writer import LabelMapWriter
 
 __all__ = [
+    "CACHE_ENV",
     "DEFAULT_SHARD_SIZE",
     "READABLE_VERSIONS",
     "SCORE_DTYPES",
@@ -51,14 +61,18 @@ __all__ = [
     "STORE_FORMAT_VERSION",
     "LabelMapStore",
     "LabelMapWriter",
+    "NodeTable",
     "ShardProblem",
     "StoreReport",
     "class_dtype_for",
     "compact",
+    "default_cache_dir",
+    "fill_table",
     "find_compacted",
     "finish_output",
     "is_s3",
     "missing_shard_files",
+    "node_table",
     "open_store",
     "output_folder",
     "parse_storage_option",
@@ -67,5 +81,6 @@ __all__ = [
     "rewrite",
     "scan_in_store_classes",
     "staging_folder",
+    "store_fingerprint",
     "verify_store",
 ]

@@ -301,29 +301,45 @@ class LabelMapStore:
         except ValueError as e:
             raise store_error(e, self.path, self._storage_options) or e from e
 
-    def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._ts_read(slice(start, stop))
+    def read_into(
+        self, selection: slice | np.ndarray, scores: np.ndarray, classes: np.ndarray
+    ) -> None:
+        """Read the rows ``selection`` into ``scores`` and ``classes`` (preallocated,
+        writable, C-contiguous, of the store's dtypes) without a temporary copy:
+        tensorstore decodes straight into them.
+
+        Args:
+            selection: a range of rows (``slice(start, stop)``) or sorted unique rows
+                (int64).
+            scores: [n, k, H, W], n the rows selected.
+            classes: [n, k, H, W].
+        """
+        import tensorstore as ts
+
+        futures = [
+            ts.array(out, copy=False, write=True).write(array[selection])
+            for out, array in zip((scores, classes), self._tensorstores(), strict=True)
+        ]
+        try:
+            futures[0].result(), futures[1].result()
+        except ValueError as e:
+            raise store_error(e, self.path, self._storage_options) or e from e
 
     def load(self, *, progress: bool = True) -> LabelMapStore:
-        """Read the whole table into host memory (ImageNet at k=5, 15x15: about 5.8 GB).
+        """Read the whole table into host memory (ImageNet at k=5, 15x15: about 5.8 GB),
+        range by range into preallocated arrays: the peak is about the table's size.
 
         Args:
             progress: show a progress bar. Default: True.
         """
         if self._memory is not None:
             return self
-        from tqdm.auto import tqdm
+        from dali_relabel.store._node_table import fill_table
 
-        n = len(self)
-        shape = (n, self.k, *self.grid)
+        shape = (len(self), self.k, *self.grid)
         scores = np.empty(shape, self.score_dtype)
         classes = np.empty(shape, self.class_dtype)
-        step = self.shard_size * 8
-        with tqdm(total=n, unit="maps", desc="loading label maps", disable=not progress) as bar:
-            for start in range(0, n, step):
-                stop = min(n, start + step)
-                scores[start:stop], classes[start:stop] = self._read_range(start, stop)
-                bar.update(stop - start)
+        fill_table(self, scores, classes, progress=progress)
         self._memory = (scores, classes)
         return self
 
