@@ -387,6 +387,45 @@ def test_streamed_maps_join_the_same(coded):
     assert len(_run(stream)[0]) == CODED_N // 2
 
 
+def test_shared_maps_join_the_same_and_are_one_file(coded, tmp_path, monkeypatch):
+    """label_map_memory="auto" under several local ranks maps one table per node; a
+    second loader of the same store maps the same file instead of decoding again."""
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    cache = tmp_path / "cache"
+    first = _coded_loader(coded, seed=2, label_map_cache=cache)
+    assert first.label_map_memory == "shared"
+    assert sorted(_run(first)[0]) == list(range(CODED_N))
+    table = list(cache.glob("*.bin"))
+    assert len(table) == 1
+    written = table[0].stat().st_mtime_ns
+    second = _coded_loader(coded, seed=3, label_map_memory="shared", label_map_cache=cache)
+    assert sorted(_run(second)[0]) == list(range(CODED_N))
+    assert list(cache.glob("*.bin")) == table and table[0].stat().st_mtime_ns == written
+
+
+@pytest.mark.parametrize("memory", ["host", "shared", "stream"])
+def test_a_folder_with_part_of_the_store_joins_by_key(coded, tmp_path, memory):
+    """Half the images of 2 of the store's 3 classes, in a store whose rows are in another
+    order: each mode maps every image to its own row (host loads only those rows)."""
+    root = tmp_path / "part"
+    kept = {"c00": range(0, 10, 2), "c02": range(1, 10, 2)}
+    for folder, images in kept.items():
+        (root / folder).mkdir(parents=True)
+        for j in images:
+            os.link(coded / "train" / folder / f"{j:02d}.JPEG", root / folder / f"{j:02d}.JPEG")
+    loader = ReLabelLoader(
+        root,
+        coded / "maps.zarr",
+        batch_size=8,
+        targets="both",
+        label_map_memory=memory,
+        label_map_cache=tmp_path / "cache",
+        **FAST,
+    )
+    want = [int(f[1:]) * CODED_PER_CLASS + j for f, images in kept.items() for j in images]
+    assert sorted(_run(loader)[0]) == want
+
+
 # -- geometry: red/blue halves, label maps favouring A on red -----------------------------
 def _halves(tmp_path_factory, axis: str):
     root = tmp_path_factory.mktemp(f"halves_{axis}")

@@ -5,10 +5,12 @@ sample index DALI returns. This module holds everything of that join that knows 
 store (the folder's classes in the store's class space come from
 :func:`~dali_relabel.store.scan_in_store_classes`): the store row of every sample
 (:func:`store_rows`, joined by key), and :class:`LabelMaps`, which places the maps of
-the dataset's samples in host memory, in GPU memory, or leaves them in the store
+the dataset's samples in host memory, in GPU memory, in one table per node that every
+local rank maps (:func:`~dali_relabel.store.node_table`), or leaves them in the store
 (``label_map_memory``), gathers a batch's maps by sample index and, when they stay in
 the store, reads each batch's maps on a thread as soon as the batch is handed to DALI.
-docs/LOADER.md ("Where the maps live") describes the choices and their costs.
+docs/LOADER.md ("Where the maps live") describes the choices and their costs,
+docs/SCALE.md their figures at ImageNet's size.
 """
 
 from __future__ import annotations
@@ -27,26 +29,34 @@ from dali_relabel.errors import (
     ArgumentError,
     StoreMismatchError,
 )
-from dali_relabel.store import LabelMapStore
+from dali_relabel.store import LabelMapStore, NodeTable, fill_table, node_table
 
 __all__ = ["MEMORY", "LabelMaps", "store_rows"]
 
 #: What ``label_map_memory=`` accepts; see :class:`~dali_relabel.loader.ReLabelLoader`.
-MEMORY = ("auto", "host", "device", "stream")
-# "auto" keeps the table in host memory below this share of the available memory and on the
-# GPU below this share of its free memory.
+MEMORY = ("auto", "host", "device", "stream", "shared")
+# "auto" keeps the table in host memory (one per node when several local ranks run) below
+# this share of the available memory and on the GPU below this share of its free memory.
 _HOST_SHARE, _DEVICE_SHARE = 0.5, 0.25
 
 
 class LabelMaps:
     """The label maps of a dataset's samples, gathered by sample index.
 
+    Every placement but "stream" holds a table of store rows and an int64 map from
+    sample index to table row; a subset or a permutation of the store is never gathered
+    into a copy. Tables are read range by range into preallocated memory (the peak is
+    about the table's size): the whole store when the dataset uses all of its rows (or
+    "shared"), else only the rows it uses.
+
     Args:
         store: the label-map store.
         rows: the store row of each sample (int64, in sample order).
         device: the device the loader's batches live on.
         memory: one of :data:`MEMORY`, as ``label_map_memory`` of the loader.
-        progress: show progress while loading the whole store into host memory.
+        progress: show progress while loading the table.
+        cache_dir: the folder of the node's table ("shared"); None for the default
+            (:func:`~dali_relabel.store.node_table`).
     """
 
     def __init__(
@@ -57,16 +67,25 @@ class LabelMaps:
         memory: str,
         *,
         progress: bool,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if memory == "auto":
-            nbytes = len(rows) * store.bytes_per_sample  # the store's own dtypes
-            memory = _auto_memory(nbytes, device, store.in_memory, store.location is not None)
+            memory = _auto_memory(
+                len(rows) * store.bytes_per_sample,  # the store's own dtypes
+                len(store) * store.bytes_per_sample,
+                device,
+                store.in_memory,
+                store.location is not None,
+            )
         if memory == "device" and device.type != "cuda":
             raise ArgumentError(f"label_map_memory='device' needs a CUDA device, got {device}")
-        #: Where the maps are: "host", "device" or "stream" (read from the store per batch).
+        #: Where the maps are: "host", "device", "shared" (one file per node, mapped) or
+        #: "stream" (read from the store per batch).
         self.memory = memory
         self._store = store
         self._device = device
+        #: The node's table ("shared"): its file, and whether this process decoded it.
+        self.node_table: NodeTable | None = None
         # (scores, classes): numpy arrays in host memory, tensors on the device, or None
         self._maps: tuple[Any, Any] | None = None
         # sample index -> row of the tables, or None where the tables are in sample order
@@ -76,16 +95,26 @@ class LabelMaps:
             self._rows = rows
             self._reader = cf.ThreadPoolExecutor(1, thread_name_prefix="dali_relabel_maps")
             return
-        if store.in_memory:
+        if memory == "shared":
+            self.node_table = node_table(store, cache_dir)  # its decoder shows progress
+            scores, classes = (
+                np.asarray(self.node_table.scores),
+                np.asarray(self.node_table.classes),
+            )
+        elif store.in_memory:
             scores, classes = store.tables()
-            if memory == "device":  # copy only the dataset's rows to the device
-                scores, classes, rows = scores[rows], classes[rows], None
-        elif np.array_equal(rows, np.arange(len(store))):
-            scores, classes = store.load(progress=progress).tables()
-            rows = None
-        else:  # a subset of the store: read just its rows, in sample order
-            scores, classes = store.read(rows)
-            rows = None
+        else:
+            uniq = np.unique(rows)
+            if len(uniq) == len(store):
+                scores, classes = store.load(progress=progress).tables()
+            else:  # a subset of the store: only its rows, sorted; rows become positions
+                shape = (len(uniq), store.k, *store.grid)
+                scores = np.empty(shape, store.score_dtype)
+                classes = np.empty(shape, store.class_dtype)
+                fill_table(store, scores, classes, rows=uniq, progress=progress)
+                rows = np.searchsorted(uniq, rows)
+        if not np.array_equal(rows, np.arange(len(scores))):
+            self._rows = rows
         if memory == "device":
             self._maps = (
                 torch.from_numpy(scores).to(device),
@@ -93,7 +122,6 @@ class LabelMaps:
             )
         else:
             self._maps = (scores, classes)
-        self._rows = rows
 
     @property
     def on_device(self) -> bool:
@@ -145,12 +173,24 @@ def _available_host_bytes() -> int | None:
         return None
 
 
-def _auto_memory(nbytes: int, device: torch.device, in_memory: bool, remote: bool) -> str:
+def _local_world_size() -> int:
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def _auto_memory(
+    nbytes: int, table_bytes: int, device: torch.device, in_memory: bool, remote: bool
+) -> str:
+    """``nbytes``: the dataset's rows; ``table_bytes``: the whole store (a shared table)."""
     if device.type == "cuda" and nbytes <= _DEVICE_SHARE * torch.cuda.mem_get_info(device)[0]:
         return "device"
     if in_memory:
         return "host"
     available = _available_host_bytes()
+    if _local_world_size() > 1 and (available is None or table_bytes <= _HOST_SHARE * available):
+        return "shared"  # one table for the node's ranks, not one each
     if available is None or nbytes <= _HOST_SHARE * available:
         return "host"
     if remote:  # streaming from S3 is a request per sample and batch: read it once
@@ -175,6 +215,11 @@ def _auto_memory(nbytes: int, device: torch.device, in_memory: bool, remote: boo
 def store_rows(store: LabelMapStore, keys: Sequence[str], root: str | Path) -> np.ndarray:
     """The store row of every sample's label map (int64, in the order of ``keys``).
 
+    When the folder lists the store's keys in its order (a store converted or generated
+    from that folder) the rows are ``arange``; otherwise the keys are joined as sorted
+    arrays of UTF-8 bytes (``np.searchsorted``), not through a dict of every key: at
+    ImageNet's 1.28 M keys a dict per rank costs hundreds of MB.
+
     Raises StoreMismatchError naming the first images without a label map and their
     count; label maps without an image are fine (a subset of the store's dataset).
 
@@ -183,13 +228,33 @@ def store_rows(store: LabelMapStore, keys: Sequence[str], root: str | Path) -> n
         keys: the samples' keys (:attr:`ImageFolderList.keys`).
         root: the image folder, for the message.
     """
-    known = set(store.keys)
-    missing = [k for k in keys if k not in known]
-    if missing:
+    known = store.keys
+    if len(keys) == len(known) and all(map(str.__eq__, keys, known)):
+        return np.arange(len(keys), dtype=np.int64)
+    ordered = _utf8(known)
+    order = None
+    if len(ordered) > 1 and not (ordered[1:] >= ordered[:-1]).all():
+        order = np.argsort(ordered, kind="stable")
+        ordered = ordered[order]
+    wanted = _utf8(keys)
+    at = np.searchsorted(ordered, wanted)
+    if len(ordered):
+        np.minimum(at, len(ordered) - 1, out=at)
+        found = ordered[at] == wanted
+    else:
+        found = np.zeros(len(wanted), bool)
+    if not found.all():
+        missing = [keys[i] for i in np.flatnonzero(~found)]
         raise StoreMismatchError(
             f"label map store {store.path!r} has {len(store):,} keys but {len(keys):,} "
             f"images were found under {str(root)!r}: {len(missing):,} images have no "
             f"label map (first: {', '.join(missing[:3])}). Run `dali-relabel verify "
             f"{store.path} --images {root}` for the list."
         )
-    return store.indices(keys)
+    rows = at if order is None else order[at]
+    return rows.astype(np.int64, copy=False)
+
+
+def _utf8(keys: Sequence[str]) -> np.ndarray:
+    """``keys`` as a numpy array of UTF-8 bytes: byte order is code-point order."""
+    return np.array([key.encode() for key in keys], dtype=np.bytes_)

@@ -125,11 +125,17 @@ class ReLabelLoader:
             side, the final feature map of ResNet-like backbones: 7x7 at 224).
         temperature: divides pooled scores before the softmax. Default: 1.0.
         label_map_memory: "host" (the dataset's maps in host memory), "device" (on the
-            CUDA device), "stream" (read from the store per batch, read-ahead in a
-            thread) or "auto" (device if they take under a quarter of its free memory,
-            else host if under half of the available memory, else stream; a store on S3
-            is never streamed by "auto": its table is read once, shard by shard).
-            Default: "auto".
+            CUDA device), "shared" (one table per node, decoded by the first local rank
+            into a file under /dev/shm or ``label_map_cache`` and memory-mapped by every
+            rank; reused by later runs while the store is unchanged), "stream" (read from
+            the store per batch, read-ahead in a thread) or "auto" (device if they take
+            under a quarter of its free memory, else, under half of the available memory,
+            shared when several local ranks run (``LOCAL_WORLD_SIZE`` > 1) and host
+            otherwise, else stream; a store on S3 is never streamed by "auto": its table
+            is read once, shard by shard). docs/SCALE.md. Default: "auto".
+        label_map_cache: node-local folder of the shared table. Default: None
+            (/dev/shm when it has room, else ``$DALI_RELABEL_CACHE`` or
+            ``~/.cache/dali_relabel``).
         storage_options: how an ``s3://`` store is reached (``endpoint_url``,
             ``region``, ``profile``, ...; :meth:`LabelMapStore.open`); unset ones come
             from the AWS environment variables. Default: None.
@@ -189,6 +195,7 @@ class ReLabelLoader:
         temperature: float = 1.0,
         label_map_memory: str = "auto",
         storage_options: dict[str, Any] | None = None,
+        label_map_cache: str | os.PathLike | None = None,
         on_bad_image: str = "raise",
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         cutmix_alpha: float = 0.0,
@@ -311,6 +318,7 @@ class ReLabelLoader:
                 self.device,
                 label_map_memory,
                 progress=rank == 0,
+                cache_dir=label_map_cache,
             )
             self.label_map_memory = maps.memory
         self.sampler = ShardSampler(
