@@ -14,10 +14,13 @@ its parts: listing the folder, joining keys to store rows, placing the maps), ti
 the first batch of ``iter(loader)``, resident memory after construction and after the
 first batch (RSS, and PSS with its anonymous / file / shmem parts, from
 /proc/<pid>/smaps_rollup, read by this process) and the peaks (RSS: the kernel's
-VmHWM; PSS: sampled every 0.2 s). Modes:
+VmHWM; PSS: sampled every 0.2 s), and the peak while the maps were placed over the RSS
+before, in tables. A node's memory counts PSS without /dev/shm pages plus the /dev/shm
+table once (it is RAM whether or not a page was touched). Modes:
   host          the table in this process's memory (``auto`` with one local rank)
   stream        maps read from the store per batch
-  shared_cold   the node's table decoded by this process into a file (cache emptied)
+  shared_cold   the node's table decoded by this process into a file (the loader's
+                default folder, /dev/shm when it has room, or --table-cache; emptied)
   shared_warm   the same file mapped by a later process (what every rank after the
                 first, and every later run, does)
   shared_xN     ``--node-ranks`` N processes started at once with LOCAL_WORLD_SIZE=N
@@ -67,17 +70,20 @@ def build_tree(cache: Path, samples: int) -> Path:
     root = top / "train"
     if (top / "complete").exists():
         return root
+    if top.exists():
+        shutil.rmtree(top)
+    # A file takes at most 65,000 links on ext4: one source file per 50,000 images, the
+    # five photos at several JPEG qualities, kept in the tree's own folder.
+    (top / "photos").mkdir(parents=True)
+    images = {name: Image.fromarray(load_photo(name)) for name in sorted(PHOTOS)}
+    for img in images.values():
+        img.thumbnail((500, 500))  # ImageNet-like sizes: about 500 x 375
     photos = []
-    (cache / "photos").mkdir(parents=True, exist_ok=True)
-    for name in sorted(PHOTOS):  # ImageNet-like sizes: about 500 x 375
-        path = cache / "photos" / f"{name}.JPEG"
-        if not path.exists():
-            img = Image.fromarray(load_photo(name))
-            img.thumbnail((500, 500))
-            img.save(path, quality=90)
+    for i in range(max(len(images), -(-samples // 50_000))):
+        name = sorted(images)[i % len(images)]
+        path = top / "photos" / f"{name}_{i}.JPEG"
+        images[name].save(path, quality=90 - i // len(images))
         photos.append(path)
-    if root.exists():
-        shutil.rmtree(root)
     wnids = imagenet_wnids()
     per, extra = divmod(samples, CLASSES)
     n = 0
@@ -157,10 +163,17 @@ def memory_of(pid: int) -> dict[str, int]:
             name, _, rest = line.partition(":")
             if name in _FIELDS:
                 out[name] = int(rest.split()[0]) * 1024
+    out["VmHWM"] = _status(pid)["VmHWM"]
+    return out
+
+
+def _status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of ``pid`` in bytes."""
+    out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
-                out["VmHWM"] = int(line.split()[1]) * 1024
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                out[line[:5]] = int(line.split()[1]) * 1024
     return out
 
 
@@ -212,6 +225,16 @@ def child(args: argparse.Namespace) -> None:
         ("LabelMaps", "maps_s"),
     ):
         setattr(loader_module, attr, timed(name, getattr(loader_module, attr)))
+    place = loader_module.LabelMaps
+
+    def placed(*a, **kw):  # what placing the maps costs in memory: before, peak, after
+        parts["rss_before_maps"] = _status(os.getpid())["VmRSS"]
+        maps = place(*a, **kw)
+        status = _status(os.getpid())
+        parts["peak_rss_placing_maps"], parts["rss_after_maps"] = status["VmHWM"], status["VmRSS"]
+        return maps
+
+    loader_module.LabelMaps = placed
     kwargs: dict[str, Any] = {"label_map_memory": args.child_mode}
     if args.table_cache:
         kwargs["label_map_cache"] = args.table_cache
@@ -248,8 +271,8 @@ def run_processes(
         env["LOCAL_WORLD_SIZE"] = str(n)
     cmd = [sys.executable, __file__, "--child-mode", mode, "--root", str(args.root)]
     cmd += ["--store", str(args.store), "--cache", str(args.cache)]
-    if mode in ("shared", "auto") and src is None:
-        cmd += ["--table-cache", str(args.tables)]
+    if mode in ("shared", "auto") and src is None and args.table_cache:
+        cmd += ["--table-cache", str(args.table_cache)]
     procs = [
         subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for _ in range(n)
@@ -290,7 +313,18 @@ def run_processes(
     if n > 1:
         out["node_pss_after_first_batch"] = sum(r["after_first_batch"]["Pss"] for r in results)
         out["node_peak_pss"] = sampler.peak_sum
+        shm = max(_shm_table(r) for r in results)
+        out["node_memory_after_first_batch"] = shm + sum(
+            memory(r, "after_first_batch") - _shm_table(r) for r in results
+        )
     return out
+
+
+def clear_tables(args: argparse.Namespace) -> None:
+    """Delete the node tables of the benchmark's store (cold start, and at the end)."""
+    from dali_relabel.store import LabelMapStore, clear_node_tables
+
+    clear_node_tables(LabelMapStore.open(args.store), args.table_cache)
 
 
 def table_bytes(store: Path) -> int:
@@ -304,8 +338,25 @@ def _gb(x: float) -> float:
     return round(x / 1e9, 3)
 
 
+def _shm_table(r: dict[str, Any]) -> int:
+    """Bytes of the process's shared table when it lives in /dev/shm (RAM whether or not
+    a process touched its pages), else 0 (a disk file's pages are evictable cache)."""
+    path = (r.get("table") or {}).get("path") or ""
+    return os.path.getsize(path) if path.startswith("/dev/shm/") and os.path.exists(path) else 0
+
+
+def memory(r: dict[str, Any], when: str) -> int:
+    """What a process adds to the node's memory: its PSS without /dev/shm pages, plus
+    the /dev/shm table whole (count it once per node when summing ranks)."""
+    m = r[when]
+    return m["Pss"] - m.get("Pss_Shmem", 0) + _shm_table(r)
+
+
 def summary(name: str, r: dict[str, Any], table: int) -> dict[str, Any]:
     """The headline numbers of one measured process, in GB and seconds."""
+    load_peak = None
+    if "peak_rss_placing_maps" in r:
+        load_peak = round((r["peak_rss_placing_maps"] - r["rss_before_maps"]) / table, 3)
     return {
         "mode": name,
         "construction_s": r["construction_s"],
@@ -318,7 +369,10 @@ def summary(name: str, r: dict[str, Any], table: int) -> dict[str, Any]:
         "pss_after_first_batch_gb": _gb(r["after_first_batch"]["Pss"]),
         "peak_rss_gb": _gb(r["peak_rss"]),
         "peak_pss_gb": _gb(r["peak_pss"]),
-        "peak_rss_in_tables": round(r["peak_rss"] / table, 2),
+        "memory_gb": _gb(memory(r, "after_construction")),
+        "memory_after_first_batch_gb": _gb(memory(r, "after_first_batch")),
+        "placing_maps_peak_in_tables": load_peak,
+        "table_role": (r.get("table") or {}).get("role"),
     }
 
 
@@ -333,7 +387,11 @@ def main() -> None:
     p.add_argument("--child-mode", default=None, help=argparse.SUPPRESS)
     p.add_argument("--root", default=None, help=argparse.SUPPRESS)
     p.add_argument("--store", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--table-cache", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--table-cache", default=None, help="folder of the shared table (default: the loader's)"
+    )
+    p.add_argument("--keep-tables", action="store_true", help="leave the shared table there")
+    p.add_argument("--build-only", action="store_true", help="build the tree and store, stop")
     args = p.parse_args()
     if args.child_mode:
         return child(args)
@@ -346,7 +404,8 @@ def main() -> None:
     args.root = build_tree(args.cache, args.samples)
     args.store = build_store(args.cache, args.root, args.samples)
     built_s = time.perf_counter() - t
-    args.tables = args.cache / "tables"
+    if args.build_only:
+        return print(f"tree {args.root} and store {args.store} ready ({built_s:.0f} s)")
     table = table_bytes(args.store)
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
@@ -361,8 +420,8 @@ def main() -> None:
     }
     rows = []
     for mode in args.modes:
-        if mode == "shared_cold" and args.tables.exists():
-            shutil.rmtree(args.tables)
+        if mode == "shared_cold":
+            clear_tables(args)
         real = {"shared_cold": "shared", "shared_warm": "shared"}.get(mode, mode)
         r = run_processes(args, real)
         result["modes"][mode] = r
@@ -370,8 +429,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     if args.node_ranks > 1:
         n = args.node_ranks
-        if args.tables.exists():
-            shutil.rmtree(args.tables)
+        clear_tables(args)
         r = run_processes(args, "auto", n)
         result["modes"][f"shared_x{n}"] = r
         per = [summary(f"shared_x{n}", q, table) for q in r["processes"]]
@@ -382,13 +440,14 @@ def main() -> None:
             "first_batch_s": [q["first_batch_s"] for q in per],
             "node_pss_gb": _gb(r["node_pss_after_first_batch"]),
             "node_peak_pss_gb": _gb(r["node_peak_pss"]),
-            "node_pss_in_tables": round(r["node_pss_after_first_batch"] / table, 2),
+            "node_memory_gb": _gb(r["node_memory_after_first_batch"]),
+            "node_memory_in_tables": round(r["node_memory_after_first_batch"] / table, 2),
         }
-        if "host" in result["modes"]:
-            host_pss = result["modes"]["host"]["after_first_batch"]["Pss"]
-            result["node"]["private_tables_pss_gb_estimate"] = _gb(n * host_pss)
+        if "host" in result["modes"]:  # N private tables: N processes like the host one
+            host = memory(result["modes"]["host"], "after_first_batch")
+            result["node"]["private_tables_memory_gb_estimate"] = _gb(n * host)
             result["node"]["ratio_to_private_tables"] = round(
-                r["node_pss_after_first_batch"] / (n * host_pss), 3
+                r["node_memory_after_first_batch"] / (n * host), 3
             )
         print(json.dumps(result["node"]), file=sys.stderr, flush=True)
     baseline: dict[str, Any] = {}
@@ -399,6 +458,8 @@ def main() -> None:
             rows.append(summary(f"baseline_{mode}", r, table))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         result["baseline"] = {"src": args.baseline_src, "modes": baseline}
+    if not args.keep_tables:
+        clear_tables(args)
     result["table"] = rows
     ratios: dict[str, Any] = {}
     keys = ("construction_s", "first_batch_s", "pss_gb", "peak_rss_gb")

@@ -19,7 +19,14 @@ import numpy as np
 import pytest
 
 from dali_relabel.errors import TableCacheError
-from dali_relabel.store import LabelMapStore, LabelMapWriter, _node_table, fill_table, node_table
+from dali_relabel.store import (
+    LabelMapStore,
+    LabelMapWriter,
+    _node_table,
+    clear_node_tables,
+    fill_table,
+    node_table,
+)
 
 K, GRID, SHARD = 3, (5, 5), 256
 
@@ -109,6 +116,20 @@ def test_changed_store_is_not_served_stale(written, tmp_path):
     np.testing.assert_array_equal(fresh.scores[:SHARD], scores[:SHARD])
     assert _files(cache, "*.bin") == [os.path.basename(fresh.path)]  # the old one unlinked
     np.testing.assert_array_equal(old.scores, scores)  # still mapped: its pages stay valid
+
+
+def test_clear_removes_one_stores_tables_only(written, tmp_path):
+    path, _, _ = written
+    other = tmp_path / "other.zarr"
+    _write(other, n=300, seed=3)
+    cache = tmp_path / "cache"
+    mine = node_table(LabelMapStore.open(path), cache, progress=False)
+    kept = node_table(LabelMapStore.open(other), cache, progress=False)
+    assert clear_node_tables(LabelMapStore.open(path), cache) == [mine.path]
+    assert _files(cache, "*.bin") == [os.path.basename(kept.path)]
+    assert node_table(LabelMapStore.open(path), cache, progress=False).role == "decoded"
+    assert sorted(clear_node_tables(cache_dir=cache)) == sorted([mine.path, kept.path])
+    assert _files(cache, "*.bin") == []
 
 
 def test_foreign_file_under_the_name_is_not_accepted(written, tmp_path):

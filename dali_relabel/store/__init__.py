@@ -27,6 +27,7 @@ from dali_relabel.store._format import (
 from dali_relabel.store._node_table import (
     CACHE_ENV,
     NodeTable,
+    clear_node_tables,
     default_cache_dir,
     fill_table,
     node_table,
@@ -65,6 +66,7 @@ __all__ = [
     "ShardProblem",
     "StoreReport",
     "class_dtype_for",
+    "clear_node_tables",
     "compact",
     "default_cache_dir",
     "fill_table",

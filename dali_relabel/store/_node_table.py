@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_ENV",
     "NodeTable",
+    "clear_node_tables",
     "default_cache_dir",
     "fill_table",
     "node_table",
@@ -374,6 +375,30 @@ def node_table(
         )
     finally:
         os.close(fd)  # releases the lock
+
+
+def clear_node_tables(
+    store: LabelMapStore | None = None, cache_dir: str | os.PathLike | None = None
+) -> list[str]:
+    """Delete this user's decoded tables (and temporary files) from the node, or only
+    those of ``store``; returns the files deleted. Lock files are kept: a process may be
+    waiting on one. Ranks that map a deleted table keep valid pages until they exit.
+
+    Args:
+        store: only this store's tables. Default: None (every store's).
+        cache_dir: the folder. Default: None (``/dev/shm`` and :func:`default_cache_dir`).
+    """
+    folders = [os.fspath(cache_dir)] if cache_dir is not None else [_SHM, default_cache_dir()]
+    prefix = f"dali_relabel-{os.getuid()}-"
+    if store is not None:
+        prefix += hashlib.sha256(store.path.encode()).hexdigest()[:8] + "-"
+    gone = []
+    for folder in folders:
+        for pattern in ("*.bin", "*.tmp.*"):
+            for path in glob.glob(os.path.join(folder, prefix + pattern)):
+                os.unlink(path)
+                gone.append(path)
+    return gone
 
 
 def _reserve(path: str, size: int, header: bytes, folder: str) -> None:
