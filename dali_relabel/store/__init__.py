@@ -31,7 +31,6 @@ from dali_relabel.store._node_table import (
     default_cache_dir,
     fill_table,
     node_table,
-    store_fingerprint,
 )
 from dali_relabel.store._reader import LabelMapStore, open_store
 from dali_relabel.store._s3 import STORAGE_OPTIONS, is_s3, parse_storage_option
@@ -83,6 +82,5 @@ __all__ = [
     "rewrite",
     "scan_in_store_classes",
     "staging_folder",
-    "store_fingerprint",
     "verify_store",
 ]

@@ -4,10 +4,11 @@ A store decodes into about 4.5 kB per sample at k=5, 15x15 (ImageNet: 5.8 GB). E
 ranks of a node each holding their own copy would take 46 GB; :func:`node_table` keeps
 one per node in a file that every rank memory-maps read-only:
 
-1. The file's name holds a fingerprint of the store (:func:`store_fingerprint`: its
-   ``zarr.json`` documents, attributes included, and the name, size and modification
-   time of every shard file). A finished file under that name is mapped at once: the
-   rename that put it there is what says it is whole, and its header is checked again.
+1. The file's name holds a fingerprint of the store
+   (:meth:`~dali_relabel.store.LabelMapStore.fingerprint`: its ``zarr.json`` documents,
+   attributes included, and the name, size and modification time of every shard). A
+   finished file under that name is mapped at once: the rename that put it there is
+   what says it is whole, and its header is checked again.
 2. Otherwise the rank takes an ``fcntl.flock`` lock (the kernel releases it when its
    holder dies), looks again (another rank may have finished meanwhile), removes the
    temporary files of ranks of this host that died while decoding, reserves the space
@@ -44,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dali_relabel.errors import TableCacheError
-from dali_relabel.store._format import ARRAYS, is_url, local_path
 
 if TYPE_CHECKING:
     from dali_relabel.store._reader import LabelMapStore
@@ -56,7 +56,6 @@ __all__ = [
     "default_cache_dir",
     "fill_table",
     "node_table",
-    "store_fingerprint",
 ]
 
 #: The environment variable naming the disk folder of node tables.
@@ -109,54 +108,6 @@ def fill_table(
             bar.update(stop - start)
             if on_range is not None:
                 on_range(stop)
-
-
-# -- the fingerprint ---------------------------------------------------------------------------
-def store_fingerprint(store: LabelMapStore, storage_options: dict[str, Any] | None = None) -> str:
-    """A digest of what the decoded table depends on: the store's ``zarr.json`` documents
-    (the group's attributes included) and every shard file's name, size and modification
-    time (an ETag where the storage gives one). A rewritten shard or attribute changes
-    it. ImageNet's 2,504 shard files take about 0.1 s on a local disk.
-
-    Args:
-        store: the store.
-        storage_options: fsspec options for a URL store. Default: None.
-    """
-    h = hashlib.sha256(_LAYOUT.encode() + b"\0")
-    if is_url(store.path):
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(store.path, **dict(storage_options or {}))
-        for rel in ("zarr.json", *(f"{name}/zarr.json" for name in ARRAYS)):
-            h.update(rel.encode() + b"\0" + fs.cat_file(f"{root}/{rel}") + b"\0")
-        entries = []
-        for name in ARRAYS:
-            for path, info in fs.find(f"{root}/{name}/c", detail=True).items():
-                stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified")
-                entries.append(f"{path[len(root) :]}\0{info.get('size')}\0{stamp}")
-    else:
-        root = local_path(store.path)
-        for rel in ("zarr.json", *(f"{name}/zarr.json" for name in ARRAYS)):
-            with open(os.path.join(root, rel), "rb") as f:
-                h.update(rel.encode() + b"\0" + f.read() + b"\0")
-        entries = []
-        for name in ARRAYS:
-            stack = [os.path.join(root, name, "c")]
-            while stack:
-                try:
-                    it = os.scandir(stack.pop())
-                except FileNotFoundError:
-                    continue  # an empty store has no shard folder
-                with it:
-                    for entry in it:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                        else:
-                            st = entry.stat()
-                            rel = entry.path[len(root) :]
-                            entries.append(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}")
-    h.update("\n".join(sorted(entries)).encode())
-    return h.hexdigest()
 
 
 # -- the node table ----------------------------------------------------------------------------
@@ -275,7 +226,6 @@ def node_table(
     *,
     progress: bool = True,
     timeout: float = 3600.0,
-    storage_options: dict[str, Any] | None = None,
     _on_range: Callable[[int], None] | None = None,
 ) -> NodeTable:
     """The store's table decoded once per node into a file that every rank maps.
@@ -291,7 +241,6 @@ def node_table(
             is used alone. It must be node-local: ``flock`` is unreliable on NFS.
         progress: show a progress bar while decoding. Default: True.
         timeout: seconds to wait for another process's decoding. Default: 3600.
-        storage_options: fsspec options for a URL store's fingerprint. Default: None.
     """
     t0 = time.perf_counter()
     explicit = cache_dir is not None or bool(os.environ.get(CACHE_ENV))
@@ -305,7 +254,8 @@ def node_table(
             f"be created or written; pass cache_dir= (or set {CACHE_ENV}) to a writable "
             "node-local folder"
         )
-    fingerprint = store_fingerprint(store, storage_options)
+    # the store's digest, and this file layout's: either changing gives another name
+    fingerprint = hashlib.sha256(f"{_LAYOUT}\0{store.fingerprint()}".encode()).hexdigest()
     t_fp = time.perf_counter() - t0
     store_id = hashlib.sha256(store.path.encode()).hexdigest()[:8]
     prefix = f"dali_relabel-{os.getuid()}-{store_id}-"
