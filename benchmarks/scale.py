@@ -376,6 +376,23 @@ def summary(name: str, r: dict[str, Any], table: int) -> dict[str, Any]:
     }
 
 
+def ratios_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each mode's figures over the baseline's ``auto`` (else over ``host``)."""
+    keys = ("construction_s", "first_batch_s", "memory_gb", "peak_rss_gb")
+    by = {row["mode"]: row for row in rows}
+    ref_name = "baseline_auto" if "baseline_auto" in by else "host"
+    if ref_name not in by:
+        return {}
+    ref = by[ref_name]
+    return {
+        f"{row['mode']}/{ref_name}": {
+            k: round(row[k] / ref[k], 3) if ref[k] else None for k in keys
+        }
+        for row in rows
+        if row["mode"] != ref_name
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--samples", type=int, default=320_000)
@@ -461,17 +478,7 @@ def main() -> None:
     if not args.keep_tables:
         clear_tables(args)
     result["table"] = rows
-    ratios: dict[str, Any] = {}
-    keys = ("construction_s", "first_batch_s", "pss_gb", "peak_rss_gb")
-    by = {row["mode"]: row for row in rows}
-    ref_name = "baseline_auto" if "baseline_auto" in by else "host"
-    if ref_name in by:
-        ref = by[ref_name]
-        for row in rows:
-            if row["mode"] != ref_name:
-                ratios[f"{row['mode']}/{ref_name}"] = {
-                    k: round(row[k] / ref[k], 3) if ref[k] else None for k in keys
-                }
+    ratios = ratios_of(rows)
     result["ratios"] = ratios
     emit(result, args.out)
 
