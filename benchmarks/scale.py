@@ -229,7 +229,9 @@ def child(args: argparse.Namespace) -> None:
 
     def placed(*a, **kw):  # what placing the maps costs in memory: before, peak, after
         parts["rss_before_maps"] = _status(os.getpid())["VmRSS"]
+        cpu = time.process_time()
         maps = place(*a, **kw)
+        parts["maps_cpu_s"] = round(time.process_time() - cpu, 2)  # every thread's
         status = _status(os.getpid())
         parts["peak_rss_placing_maps"], parts["rss_after_maps"] = status["VmHWM"], status["VmRSS"]
         return maps
@@ -363,6 +365,7 @@ def summary(name: str, r: dict[str, Any], table: int) -> dict[str, Any]:
         "listing_s": r.get("listing_s"),
         "join_s": r.get("join_s"),
         "maps_s": r.get("maps_s"),
+        "maps_cpu_s": r.get("maps_cpu_s"),
         "first_batch_s": r["first_batch_s"],
         "rss_gb": _gb(r["after_construction"]["Rss"]),
         "pss_gb": _gb(r["after_construction"]["Pss"]),
