@@ -8,6 +8,7 @@ when they share it and four times when each holds its own.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import multiprocessing as mp
@@ -150,6 +151,21 @@ def test_no_room_names_the_folder_and_the_fix(written, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setattr(_node_table, "_free", lambda folder: 1000)
     with pytest.raises(TableCacheError, match=r"no room for the label table.*cache_dir"):
+        node_table(LabelMapStore.open(path), cache, progress=False)
+    assert _files(cache, "*.bin") == [] and _files(cache, "*.tmp.*") == []
+
+
+def test_a_folder_filling_up_meanwhile_is_an_error_not_a_half_table(written, tmp_path, monkeypatch):
+    """The space is reserved before decoding: ENOSPC then (another job took the room
+    after the free-space check) is the same clear error, and nothing is left."""
+    path, _, _ = written
+    cache = tmp_path / "cache"
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(TableCacheError, match=r"no room for the label table in .*cache"):
         node_table(LabelMapStore.open(path), cache, progress=False)
     assert _files(cache, "*.bin") == [] and _files(cache, "*.tmp.*") == []
 

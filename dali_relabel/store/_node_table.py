@@ -206,7 +206,7 @@ def _free(path: str) -> int:
 def _choose_dir(candidates: list[str], size: int, explicit: bool) -> str:
     """The first folder with room for ``size`` bytes (and 5 % to spare), or an error."""
     for folder in candidates:
-        if _free(folder) >= size * 1.05:
+        if _writable_dir(folder) and _free(folder) >= size * 1.05:
             return folder
     have = ", ".join(f"{c} has {_free(c) / 1e9:.2f} GB free" for c in candidates)
     hint = (
@@ -246,15 +246,13 @@ def node_table(
     explicit = cache_dir is not None or bool(os.environ.get(CACHE_ENV))
     if explicit:
         candidates = [os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()]
-    else:
-        candidates = [d for d in (_SHM, default_cache_dir()) if _writable_dir(d)]
-    if not candidates or not _writable_dir(candidates[0]):
+    else:  # the disk folder is made only when it is used
+        candidates = [*([_SHM] if _writable_dir(_SHM) else []), default_cache_dir()]
+    if not _writable_dir(candidates[0]):  # the lock's folder
         raise TableCacheError(
-            f"the label table cache folder {candidates[0] if candidates else _SHM!r} cannot "
-            f"be created or written; pass cache_dir= (or set {CACHE_ENV}) to a writable "
-            "node-local folder"
+            f"the label table cache folder {candidates[0]!r} cannot be created or written; "
+            f"pass cache_dir= (or set {CACHE_ENV}) to a writable node-local folder"
         )
-    # the store's digest, and this file layout's: either changing gives another name
     fingerprint = hashlib.sha256(f"{_LAYOUT}\0{store.fingerprint()}".encode()).hexdigest()
     t_fp = time.perf_counter() - t0
     store_id = hashlib.sha256(store.path.encode()).hexdigest()[:8]
@@ -360,13 +358,15 @@ def _reserve(path: str, size: int, header: bytes, folder: str) -> None:
         try:
             os.posix_fallocate(fd, 0, size)
         except OSError as e:
-            if e.errno != errno.ENOSPC:
+            if e.errno == errno.ENOSPC:
+                raise TableCacheError(
+                    f"no room for the label table in {folder}: it needs {size / 1e9:.2f} GB "
+                    f"and {_free(folder) / 1e9:.2f} GB are free; pass a cache_dir (or set "
+                    f"{CACHE_ENV}) with room, or in Docker --shm-size / --ipc=host"
+                ) from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
-            raise TableCacheError(
-                f"no room for the label table in {folder}: it needs {size / 1e9:.2f} GB "
-                f"and {_free(folder) / 1e9:.2f} GB are free; pass a cache_dir (or set "
-                f"{CACHE_ENV}) with room, or in Docker --shm-size / --ipc=host"
-            ) from None
+            os.ftruncate(fd, size)  # a file system without fallocate
         os.pwrite(fd, header, 0)
     except BaseException:
         os.close(fd)
