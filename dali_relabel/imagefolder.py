@@ -217,8 +217,8 @@ class ImageFolderList:
     def paths(self) -> list[str]:
         """The path of every sample (``root`` joined with its relative path)."""
         if self._paths is None:
-            root = os.fspath(self.root)
-            self._paths = [os.path.join(root, rel) for rel in self._relative]
+            root = os.path.join(os.fspath(self.root), "")  # ends with the separator once
+            self._paths = [root + rel for rel in self._relative]  # os.path.join, 1.28 M times
         return self._paths
 
     @property
