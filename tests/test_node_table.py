@@ -193,6 +193,28 @@ def test_default_folders_shm_then_disk(written, tmp_path, monkeypatch):
         node_table(LabelMapStore.open(store2), progress=False)
 
 
+def test_a_store_on_s3_is_read_once_into_the_node_table(written, s3_bucket, tmp_path):
+    """The same function on a store served by an S3 server on loopback: decoded once, then
+    mapped; a rewritten object (another ETag) gives a new table."""
+    import boto3
+    from conftest import s3_copy
+
+    path, scores, classes = written
+    url = s3_copy(path, s3_bucket, "maps.zarr")
+    cache = tmp_path / "cache_s3"
+    first = node_table(LabelMapStore.open(url), cache, progress=False)
+    assert first.role == "decoded"
+    np.testing.assert_array_equal(first.scores, scores)
+    np.testing.assert_array_equal(first.classes, classes)
+    assert node_table(LabelMapStore.open(url), cache, progress=False).role == "attached"
+    client = boto3.client("s3")
+    key = "maps.zarr/zarr.json"
+    body = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=s3_bucket, Key=key, Body=body + b" ")  # same attributes
+    again = node_table(LabelMapStore.open(url), cache, progress=False)
+    assert again.role == "decoded" and again.path != first.path
+
+
 # -- processes ------------------------------------------------------------------------------------
 def _digest(*arrays: np.ndarray) -> str:
     h = hashlib.sha256()
