@@ -103,6 +103,10 @@ class LabelMaps:
             )
         elif store.in_memory:
             scores, classes = store.tables()
+            if memory == "device" and len(rows) < len(store):  # only its rows to the GPU
+                uniq = np.unique(rows)
+                scores, classes = scores[uniq], classes[uniq]
+                rows = np.searchsorted(uniq, rows)
         else:
             uniq = np.unique(rows)
             if len(uniq) == len(store):
