@@ -222,7 +222,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--label-map-memory",
         default="auto",
-        choices=("auto", "host", "device", "stream"),
+        choices=("auto", "host", "device", "stream", "shared"),
         help="where the label maps live (ReLabelLoader's label_map_memory; default auto)",
     )
     parser.add_argument(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _node_tables_in_a_temporary_folder(tmp_path_factory):
+    """Loaders under several local ranks (torchrun) keep one label table per node, by
+    default in /dev/shm and kept for the next run: the tests' tables go to a temporary
+    folder instead (the variable reaches the processes the tests start)."""
+    old = os.environ.get("DALI_RELABEL_CACHE")
+    os.environ["DALI_RELABEL_CACHE"] = str(tmp_path_factory.mktemp("node_tables"))
+    yield
+    if old is None:
+        del os.environ["DALI_RELABEL_CACHE"]
+    else:
+        os.environ["DALI_RELABEL_CACHE"] = old
 
 
 @pytest.fixture(scope="session")
