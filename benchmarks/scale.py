@@ -240,7 +240,9 @@ def child(args: argparse.Namespace) -> None:
     kwargs: dict[str, Any] = {"label_map_memory": args.child_mode}
     if args.table_cache:
         kwargs["label_map_cache"] = args.table_cache
-    start = time.perf_counter()
+    if args.child_load is not None:
+        kwargs["label_map_load"] = args.child_load
+    start_all = start = time.perf_counter()
     loader = ReLabelLoader(args.root, args.store, BATCH, device="cpu", **kwargs)
     built = time.perf_counter() - start
     maps = getattr(getattr(loader, "_assemble", None), "_label_maps", None)
@@ -260,6 +262,12 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"event": "first_batch", "first_batch_s": round(first, 3)}), flush=True)
     sys.stdin.readline()
     del batch
+    wait = getattr(loader, "wait_for_label_maps", None)  # a checkout without it loads at once
+    if wait is not None:
+        wait()
+    ready = time.perf_counter() - start_all
+    print(json.dumps({"event": "table_ready", "table_ready_s": round(ready, 3)}), flush=True)
+    sys.stdin.readline()
 
 
 def run_processes(
@@ -273,6 +281,8 @@ def run_processes(
         env["LOCAL_WORLD_SIZE"] = str(n)
     cmd = [sys.executable, __file__, "--child-mode", mode, "--root", str(args.root)]
     cmd += ["--store", str(args.store), "--cache", str(args.cache)]
+    if src is None and args.load is not None:
+        cmd += ["--child-load", args.load]
     if mode in ("shared", "auto") and src is None and args.table_cache:
         cmd += ["--table-cache", str(args.table_cache)]
     procs = [
@@ -302,6 +312,7 @@ def run_processes(
     try:
         step("constructed")
         step("first_batch")
+        step("table_ready")
         for p, result in zip(procs, results, strict=True):
             result["peak_rss"] = memory_of(p.pid)["VmHWM"]
             result["peak_pss"] = sampler.peak[p.pid]
@@ -404,6 +415,13 @@ def main() -> None:
     p.add_argument("--node-ranks", type=int, default=0, help="also N processes at once")
     p.add_argument("--baseline-src", default=None, help="another dali_relabel checkout")
     p.add_argument("--out", default=None)
+    p.add_argument(
+        "--load",
+        default=None,
+        choices=("auto", "now", "background"),
+        help="the loader's label_map_load (default: its own default)",
+    )
+    p.add_argument("--child-load", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-mode", default=None, help=argparse.SUPPRESS)
     p.add_argument("--root", default=None, help=argparse.SUPPRESS)
     p.add_argument("--store", default=None, help=argparse.SUPPRESS)

@@ -13,6 +13,7 @@ import gc
 import io
 import os
 import shutil
+import threading
 import time
 import weakref
 
@@ -24,11 +25,16 @@ from torch.utils.data.distributed import DistributedSampler
 
 from dali_relabel import ReLabelLoader
 from dali_relabel.constants import IMAGENET_MEAN, IMAGENET_STD
-from dali_relabel.errors import ArgumentError, ImageDecodeError, StoreMismatchError
+from dali_relabel.errors import (
+    ArgumentError,
+    ImageDecodeError,
+    StoreCorruptError,
+    StoreMismatchError,
+)
 from dali_relabel.imagenet import imagenet_wnids
 from dali_relabel.loader import EVAL_OUTPUTS, TRAIN_OUTPUTS
 from dali_relabel.loader._epoch import PREFETCH_DEPTH
-from dali_relabel.store import LabelMapWriter
+from dali_relabel.store import LabelMapStore, LabelMapWriter
 
 CROP = 64
 FAST = {"crop_size": CROP, "num_threads": 2}
@@ -401,6 +407,48 @@ def test_shared_maps_join_the_same_and_are_one_file(coded, tmp_path, monkeypatch
     second = _coded_loader(coded, seed=3, label_map_memory="shared", label_map_cache=cache)
     assert sorted(_run(second)[0]) == list(range(CODED_N))
     assert list(cache.glob("*.bin")) == table and table[0].stat().st_mtime_ns == written
+
+
+def test_a_table_read_in_the_background_serves_the_same_batches(coded, monkeypatch):
+    """label_map_load="background": while the table is read (held back here until the
+    first epoch is done), batches read their maps from the store; then from the table.
+    Every epoch equals a loader that read its table before its first batch."""
+    release = threading.Event()
+    load = LabelMapStore.load
+
+    def held_back(self, **kwargs):
+        assert release.wait(60)
+        return load(self, **kwargs)
+
+    monkeypatch.setattr(LabelMapStore, "load", held_back)
+    release.set()  # the reference reads its table in its constructor
+    now = _coded_loader(coded, seed=4, label_map_memory="host", label_map_load="now")
+    assert not now.label_maps_loading and now.wait_for_label_maps(timeout=0)
+    release.clear()
+    background = _coded_loader(coded, seed=4, label_map_memory="host", label_map_load="background")
+    assert background.label_maps_loading and not background.wait_for_label_maps(timeout=0.05)
+    first = _run(background)  # every batch read from the store
+    assert background.label_maps_loading
+    release.set()
+    assert background.wait_for_label_maps(timeout=60) and not background.label_maps_loading
+    second = _run(background)  # from the table
+    for (ids, images), (want_ids, want_images) in zip(
+        (first, second), (_run(now), _run(now)), strict=True
+    ):
+        assert ids == want_ids
+        assert all(torch.equal(a, b) for a, b in zip(images, want_images, strict=True))
+
+
+def test_a_failed_background_read_is_raised_at_the_next_batch(coded, monkeypatch):
+    def broken(self, **kwargs):
+        raise StoreCorruptError(f"{self.path}/scores/c/0/0/0/0: digest mismatch")
+
+    monkeypatch.setattr(LabelMapStore, "load", broken)
+    loader = _coded_loader(coded, label_map_memory="host", label_map_load="background")
+    with pytest.raises(StoreCorruptError, match="scores/c/0/0/0/0"):
+        loader.wait_for_label_maps(timeout=60)
+    with pytest.raises(StoreCorruptError, match="scores/c/0/0/0/0"):
+        _run(loader)
 
 
 @pytest.mark.parametrize("memory", ["host", "shared", "stream"])

@@ -413,8 +413,11 @@ def test_a_store_that_stops_answering_ends_every_rank_after_the_batch_timeout(ti
     _wait_for(lambda: _logged(logs / "rank0.jsonl", '"batch"'), "a step", job)
     pids = _worker_pids(logs, world)
     for shard in _store_shards(tiny_copy, "scores"):
-        shard.unlink()
-        os.mkfifo(shard)  # opened for reading, it waits for a writer that never comes
+        # in one step (a rename), so that no read finds the shard missing in between;
+        # opened for reading, a pipe waits for a writer that never comes
+        pipe = shard.with_name(shard.name + ".pipe")
+        os.mkfifo(pipe)
+        os.replace(pipe, shard)
     stalled_at = time.monotonic()
     assert job.wait() != 0
     assert time.monotonic() - stalled_at < timeout + 60

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import queue
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,10 +33,15 @@ from dali_relabel.errors import (
 )
 from dali_relabel.store import LabelMapStore, NodeTable, fill_table, node_table
 
-__all__ = ["MEMORY", "LabelMaps", "store_rows"]
+__all__ = ["LOAD", "MEMORY", "LabelMaps", "store_rows"]
 
 #: What ``label_map_memory=`` accepts; see :class:`~dali_relabel.loader.ReLabelLoader`.
 MEMORY = ("auto", "host", "device", "stream", "shared")
+#: What ``label_map_load=`` accepts: when a table in host memory is read.
+LOAD = ("auto", "now", "background")
+# "auto" reads tables of at least this many samples on a thread (ImageNet's 1.28 M take
+# 40-50 CPU-s to decode; a few thousand, well under a second)
+_BACKGROUND_ROWS = 65536
 # "auto" keeps the table in host memory (one per node when several local ranks run) below
 # this share of the available memory and on the GPU below this share of its free memory.
 _HOST_SHARE, _DEVICE_SHARE = 0.5, 0.25
@@ -57,6 +64,10 @@ class LabelMaps:
         progress: show progress while loading the table.
         cache_dir: the folder of the node's table ("shared"); None for the default
             (:func:`~dali_relabel.store.node_table`).
+        load: when a "host" or "shared" table is read: "now" (before the constructor
+            returns), "background" (on a thread, batches reading their maps from the
+            store until it is complete) or "auto" (background from
+            ``_BACKGROUND_ROWS`` samples on). See :data:`LOAD`.
     """
 
     def __init__(
@@ -68,6 +79,7 @@ class LabelMaps:
         *,
         progress: bool,
         cache_dir: str | os.PathLike | None = None,
+        load: str = "auto",
     ) -> None:
         if memory == "auto":
             memory = _auto_memory(
@@ -90,42 +102,65 @@ class LabelMaps:
         self._maps: tuple[Any, Any] | None = None
         # sample index -> row of the tables, or None where the tables are in sample order
         self._rows: np.ndarray | None = None
-        self._reader: cf.ThreadPoolExecutor | None = None
+        self._reader: _Reader | None = None
+        # store row of every sample: what a batch reads while the table is not ready
+        self._store_rows: np.ndarray | None = None
+        # the table being read on a thread ("host", "shared"); None once it is in use
+        self._loading: _Loading | None = None
         if memory == "stream":
-            self._rows = rows
-            self._reader = cf.ThreadPoolExecutor(1, thread_name_prefix="dali_relabel_maps")
+            self._rows = self._store_rows = rows
+            self._reader = _Reader()
             return
-        if memory == "shared":
-            self.node_table = node_table(store, cache_dir)  # its decoder shows progress
-            scores, classes = (
-                np.asarray(self.node_table.scores),
-                np.asarray(self.node_table.classes),
-            )
-        elif store.in_memory:
-            scores, classes = store.tables()
-            if memory == "device" and len(rows) < len(store):  # only its rows to the GPU
-                uniq = np.unique(rows)
-                scores, classes = scores[uniq], classes[uniq]
-                rows = np.searchsorted(uniq, rows)
-        else:
-            uniq = np.unique(rows)
-            if len(uniq) == len(store):
-                scores, classes = store.load(progress=progress).tables()
-            else:  # a subset of the store: only its rows, sorted; rows become positions
-                shape = (len(uniq), store.k, *store.grid)
-                scores = np.empty(shape, store.score_dtype)
-                classes = np.empty(shape, store.class_dtype)
-                fill_table(store, scores, classes, rows=uniq, progress=progress)
-                rows = np.searchsorted(uniq, rows)
-        if not np.array_equal(rows, np.arange(len(scores))):
-            self._rows = rows
-        if memory == "device":
-            self._maps = (
-                torch.from_numpy(scores).to(device),
-                torch.from_numpy(classes).to(device),
-            )
-        else:
-            self._maps = (scores, classes)
+        if load not in LOAD:
+            raise ArgumentError(f"label_map_load must be one of {LOAD}, got {load!r}")
+        background = memory in ("host", "shared") and not store.in_memory
+        if load == "auto":
+            background &= len(rows) >= _BACKGROUND_ROWS
+        elif load == "now":
+            background = False
+        place = (store, rows, device, memory, progress, cache_dir)
+        if not background:
+            self._maps, self._rows, self.node_table = _place(*place)
+            return
+        # Read the table on a thread; until it is complete, batches read their maps from
+        # the store (the same maps, checked as strictly), so construction and the first
+        # batch do not wait for it. The thread holds the store, not this object.
+        self._store_rows = rows
+        self._reader = _Reader()
+        self._loading = _Loading()
+        threading.Thread(
+            target=self._loading.run, args=place, name="dali_relabel_load", daemon=True
+        ).start()
+
+    @property
+    def loading(self) -> bool:
+        """The table is still being read on a thread (batches read the store meanwhile)."""
+        loading = self._loading
+        return loading is not None and not loading.done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the table is in use (at once where it was placed at construction);
+        False if ``timeout`` seconds passed first. Raises the load's error if it failed."""
+        loading = self._loading
+        if loading is not None and not loading.done.wait(timeout):
+            return False
+        return self._ready()
+
+    def _ready(self) -> bool:
+        """Whether the table is in use; takes it over when its thread has finished."""
+        loading = self._loading
+        if loading is None:
+            return True
+        if not loading.done.is_set():
+            return False
+        if loading.error is not None:
+            raise loading.error
+        # rows before maps: a reader that sees the maps sees their rows
+        self.node_table = loading.result[2]
+        self._rows = loading.result[1]
+        self._maps = loading.result[0]
+        self._loading = None
+        return True
 
     @property
     def on_device(self) -> bool:
@@ -142,18 +177,20 @@ class LabelMaps:
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The (scores, classes) maps of the samples ``indices``, in that order, in host
-        memory: taken from the table ("host") or read from the store ("stream")."""
+        memory: taken from the table ("host", "shared") or read from the store ("stream",
+        and any placement while its table is still being read)."""
+        if self.memory == "stream" or not self._ready():
+            return self._store.read(self._store_rows[indices])
         rows = self.rows(indices)
-        if self._maps is not None and isinstance(self._maps[0], np.ndarray):
-            # numpy's take: hundreds of times faster here than torch's CPU index_select
-            scores, classes = (np.take(table, rows, axis=0) for table in self._maps)
-            return scores, classes
-        return self._store.read(rows)
+        # numpy's take: hundreds of times faster here than torch's CPU index_select
+        scores, classes = (np.take(table, rows, axis=0) for table in self._maps)
+        return scores, classes
 
     def read_async(self, indices: np.ndarray) -> cf.Future | None:
-        """The maps of ``indices`` read on a thread when they stay in the store ("stream");
-        None where they are in memory (reading them per batch is cheap there)."""
-        if self._reader is None:
+        """The maps of ``indices`` read on a thread when they come from the store
+        ("stream", or a table still being read); None where they are in memory (reading
+        them per batch is cheap there)."""
+        if self._reader is None or (self.memory != "stream" and self._ready()):
             return None
         return self._reader.submit(self.read, indices)
 
@@ -161,6 +198,95 @@ class LabelMaps:
         reader = getattr(self, "_reader", None)
         if reader is not None:
             reader.shutdown(wait=False)
+
+
+class _Reader:
+    """One daemon thread reading maps for the batches handed to DALI. A daemon, unlike a
+    ThreadPoolExecutor's worker, which the interpreter joins at exit: a read blocked on a
+    store that stopped answering (a hung mount) must not keep a failed process alive."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(
+            target=_serve, args=(self._jobs,), name="dali_relabel_maps", daemon=True
+        ).start()
+
+    def submit(self, fn: Any, *args: Any) -> cf.Future:
+        future: cf.Future = cf.Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def shutdown(self, wait: bool = False) -> None:
+        self._jobs.put(None)  # the thread ends after the reads already asked for
+
+
+def _serve(jobs: queue.SimpleQueue) -> None:
+    while (job := jobs.get()) is not None:
+        future, fn, args = job
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # raised where the batch is taken
+                future.set_exception(e)
+        del job, future, fn, args  # hold nothing of the loader between reads
+
+
+class _Loading:
+    """A table read on a thread: its result, or its error, once ``done`` is set."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: tuple[Any, np.ndarray | None, NodeTable | None] | None = None
+        self.error: BaseException | None = None
+
+    def run(self, *place: Any) -> None:
+        try:
+            self.result = _place(*place)
+        except BaseException as e:  # handed to the trainer's thread at its next batch
+            self.error = e
+        finally:
+            self.done.set()
+
+
+def _place(
+    store: LabelMapStore,
+    rows: np.ndarray,
+    device: torch.device,
+    memory: str,
+    progress: bool,
+    cache_dir: str | os.PathLike | None,
+) -> tuple[Any, np.ndarray | None, NodeTable | None]:
+    """Read the table of ``memory`` ("host", "device", "shared"): (scores, classes) as
+    numpy arrays or device tensors, the sample -> table row map (None where the table is
+    in sample order), and the node's table where it is one."""
+    table = None
+    if memory == "shared":
+        table = node_table(store, cache_dir, progress=progress)  # its decoder shows progress
+        scores, classes = np.asarray(table.scores), np.asarray(table.classes)
+    elif store.in_memory:
+        scores, classes = store.tables()
+        if memory == "device" and len(rows) < len(store):  # only its rows to the GPU
+            uniq = np.unique(rows)
+            scores, classes = scores[uniq], classes[uniq]
+            rows = np.searchsorted(uniq, rows)
+    else:
+        uniq = np.unique(rows)
+        if len(uniq) == len(store):
+            scores, classes = store.load(progress=progress).tables()
+        else:  # a subset of the store: only its rows, sorted; rows become positions
+            shape = (len(uniq), store.k, *store.grid)
+            scores = np.empty(shape, store.score_dtype)
+            classes = np.empty(shape, store.class_dtype)
+            fill_table(store, scores, classes, rows=uniq, progress=progress)
+            rows = np.searchsorted(uniq, rows)
+    sample_rows = None if np.array_equal(rows, np.arange(len(scores))) else rows
+    if memory == "device":
+        return (
+            (torch.from_numpy(scores).to(device), torch.from_numpy(classes).to(device)),
+            (sample_rows),
+            None,
+        )
+    return (scores, classes), sample_rows, table
 
 
 def _available_host_bytes() -> int | None:

@@ -39,7 +39,7 @@ from dali_relabel.loader._dataset import LoaderDataset
 from dali_relabel.loader._epoch import PREFETCH_DEPTH, Epoch, Epochs
 from dali_relabel.loader._graph import LoaderGraph, default_resize_size
 from dali_relabel.loader._images import HeaderCheck, skip_bad_images
-from dali_relabel.loader._label_maps import MEMORY, LabelMaps, store_rows
+from dali_relabel.loader._label_maps import LOAD, MEMORY, LabelMaps, store_rows
 from dali_relabel.loader._options import (
     check_channels,
     check_range,
@@ -136,6 +136,14 @@ class ReLabelLoader:
         label_map_cache: node-local folder of the shared table. Default: None
             (/dev/shm when it has room, else ``$DALI_RELABEL_CACHE`` or
             ``~/.cache/dali_relabel``).
+        label_map_load: when a "host" or "shared" table is read: "now" (in the
+            constructor), "background" (on a thread: the constructor returns after listing
+            the images, and batches read their maps from the store, as "stream" does, until
+            the table is complete; the same maps, as strictly checked; an error of the
+            load is raised at the next batch) or "auto" (background from 65,536 samples
+            on; ImageNet's table takes 40-50 CPU-seconds to decode).
+            :attr:`label_maps_loading` tells whether it is still being read.
+            Default: "auto".
         storage_options: how an ``s3://`` store is reached (``endpoint_url``,
             ``region``, ``profile``, ...; :meth:`LabelMapStore.open`); unset ones come
             from the AWS environment variables. Default: None.
@@ -196,6 +204,7 @@ class ReLabelLoader:
         label_map_memory: str = "auto",
         storage_options: dict[str, Any] | None = None,
         label_map_cache: str | os.PathLike | None = None,
+        label_map_load: str = "auto",
         on_bad_image: str = "raise",
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         cutmix_alpha: float = 0.0,
@@ -233,6 +242,7 @@ class ReLabelLoader:
             targets = "soft" if train and label_maps is not None else "hard"
         _checks.one_of("targets", targets, TARGETS)
         _checks.one_of("label_map_memory", label_map_memory, MEMORY)
+        _checks.one_of("label_map_load", label_map_load, LOAD)
         _checks.one_of("on_bad_image", on_bad_image, BAD_IMAGE)
         _checks.one_of("dtype", dtype, tuple(_DTYPES))
         _checks.one_of(
@@ -319,8 +329,10 @@ class ReLabelLoader:
                 label_map_memory,
                 progress=rank == 0,
                 cache_dir=label_map_cache,
+                load=label_map_load,
             )
             self.label_map_memory = maps.memory
+        self._label_maps = maps
         self.sampler = ShardSampler(
             len(self.dataset),
             shuffle=self.train if shuffle is None else bool(shuffle),
@@ -404,6 +416,18 @@ class ReLabelLoader:
         calls ``set_epoch(E)`` once before its first epoch: epochs then count on from E.
         """
         self.sampler.set_epoch(epoch)
+
+    @property
+    def label_maps_loading(self) -> bool:
+        """Whether the label-map table is still being read on a thread
+        (``label_map_load``); batches read their maps from the store meanwhile."""
+        return self._label_maps is not None and self._label_maps.loading
+
+    def wait_for_label_maps(self, timeout: float | None = None) -> bool:
+        """Block until the label-map table is in memory (at once unless it is read in the
+        background); False if ``timeout`` seconds passed first. Raises the error that
+        ended the load (a damaged store's :class:`~dali_relabel.errors.StoreCorruptError`)."""
+        return self._label_maps is None or self._label_maps.wait(timeout)
 
     @property
     def mixup_enabled(self) -> bool:
