@@ -171,6 +171,27 @@ def _triton_kernel() -> Callable[..., Tensor] | None:
     return label_pooling_triton
 
 
+def _cuda_kernel() -> Callable[..., Tensor]:
+    triton_kernel = _triton_kernel()
+    # Atomic adds are not deterministic; the PyTorch kernel's index_add_ can be.
+    if triton_kernel is None or torch.are_deterministic_algorithms_enabled():
+        return label_pooling_torch
+    return triton_kernel
+
+
+def _eager(scores: Tensor) -> bool:
+    """Whether the kernel can be called directly instead of through the custom op: plain
+    tensors in eager mode that need no gradient. The op adds nothing there but its
+    dispatch (about 15 us a call) and, on its first call, torch's import of
+    ``torch._dynamo`` (about 2 s, on the loader's first batch); compiling, autograd and
+    tensor subclasses (fake tensors) go through the op."""
+    return (
+        type(scores) is Tensor
+        and not (scores.requires_grad and torch.is_grad_enabled())
+        and not torch.compiler.is_compiling()
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # Registration: fully (kernel, fake kernel, autograd) or, where torch.library lacks
 # custom_op, not at all, in which case label_pooling calls the kernel directly.
@@ -196,13 +217,7 @@ def _register() -> object | None:
 
     @op.register_kernel("cuda")
     def _(scores, classes, boxes, num_classes, output_height, output_width, flip):
-        triton_kernel = _triton_kernel()
-        # Atomic adds are not deterministic; the PyTorch kernel's index_add_ can be.
-        kernel = (
-            label_pooling_torch
-            if triton_kernel is None or torch.are_deterministic_algorithms_enabled()
-            else triton_kernel
-        )
+        kernel = _cuda_kernel()
         return kernel(scores, classes, boxes, num_classes, output_height, output_width, flip)
 
     @op.register_fake
@@ -295,12 +310,13 @@ def label_pooling(
     _check_tensors(scores, classes, boxes, flip)
     if validate and not torch.compiler.is_compiling():
         _check_values(scores, classes, boxes, num_classes)
-    if _OP is not None:
+    if _OP is not None and not _eager(scores):
         out = torch.ops.dali_relabel.label_pooling(
             scores, classes, boxes, num_classes, out_h, out_w, flip
         )
     else:
-        out = label_pooling_torch(scores, classes, boxes, num_classes, out_h, out_w, flip)
+        kernel = _cuda_kernel() if scores.device.type == "cuda" else label_pooling_torch
+        out = kernel(scores, classes, boxes, num_classes, out_h, out_w, flip)
     return out.flatten(1) if (out_h, out_w) == (1, 1) else out
 
 
