@@ -266,7 +266,13 @@ def child(args: argparse.Namespace) -> None:
     if wait is not None:
         wait()
     ready = time.perf_counter() - start_all
-    print(json.dumps({"event": "table_ready", "table_ready_s": round(ready, 3)}), flush=True)
+    table = getattr(maps, "node_table", None)  # set once a table read in the background is in use
+    ready_report = {
+        "event": "table_ready",
+        "table_ready_s": round(ready, 3),
+        "table": None if table is None else {"role": table.role, "path": table.path},
+    }
+    print(json.dumps(ready_report), flush=True)
     sys.stdin.readline()
 
 
@@ -385,6 +391,8 @@ def summary(name: str, r: dict[str, Any], table: int) -> dict[str, Any]:
         "peak_pss_gb": _gb(r["peak_pss"]),
         "memory_gb": _gb(memory(r, "after_construction")),
         "memory_after_first_batch_gb": _gb(memory(r, "after_first_batch")),
+        "table_ready_s": r.get("table_ready_s"),
+        "memory_after_table_ready_gb": _gb(memory(r, "after_table_ready")),
         "placing_maps_peak_in_tables": load_peak,
         "table_role": (r.get("table") or {}).get("role"),
     }
