@@ -269,7 +269,10 @@ class Epochs:
         self.progress = (epoch.epoch, epoch.next + 1)
         self._fill()  # DALI computes on (into the next epoch) while this batch is assembled
         maps = None if fed.maps is None else fed.maps.result()
-        return self._assemble(outputs, fed.indices, maps, self._pipe.exec_dynamic, fed.mix)
+        batch = self._assemble(outputs, fed.indices, maps, self._pipe.exec_dynamic, fed.mix)
+        if self._label_maps is not None:  # a table read in the background starts now
+            self._label_maps.begin_loading()
+        return batch
 
     def failed(self, epoch: Epoch) -> bool:
         """Whether the pipeline failed, or a batch was refused, under the iterator

@@ -122,15 +122,20 @@ class LabelMaps:
         if not background:
             self._maps, self._rows, self.node_table = _place(*place)
             return
-        # Read the table on a thread; until it is complete, batches read their maps from
-        # the store (the same maps, checked as strictly), so construction and the first
-        # batch do not wait for it. The thread holds the store, not this object.
+        # Read the table on a thread, from the first batch taken on (begin_loading); until
+        # it is complete, batches read their maps from the store (the same maps, checked
+        # as strictly), so construction and the first batch do not wait for it, nor share
+        # the CPU with it. The thread holds the store, not this object.
         self._store_rows = rows
         self._reader = _Reader()
-        self._loading = _Loading()
-        threading.Thread(
-            target=self._loading.run, args=place, name="dali_relabel_load", daemon=True
-        ).start()
+        self._loading = _Loading(place)
+
+    def begin_loading(self) -> None:
+        """Start reading the table in the background, if it is to be and has not started
+        (the loader calls it once a batch has been taken)."""
+        loading = self._loading
+        if loading is not None:
+            loading.start()
 
     @property
     def loading(self) -> bool:
@@ -142,8 +147,10 @@ class LabelMaps:
         """Wait until the table is in use (at once where it was placed at construction);
         False if ``timeout`` seconds passed first. Raises the load's error if it failed."""
         loading = self._loading
-        if loading is not None and not loading.done.wait(timeout):
-            return False
+        if loading is not None:
+            loading.start()
+            if not loading.done.wait(timeout):
+                return False
         return self._ready()
 
     def _ready(self) -> bool:
@@ -232,14 +239,26 @@ def _serve(jobs: queue.SimpleQueue) -> None:
 
 
 class _Loading:
-    """A table read on a thread: its result, or its error, once ``done`` is set."""
+    """A table read on a thread (:func:`_place` of ``place``) once started: its result,
+    or its error, once ``done`` is set."""
 
-    def __init__(self) -> None:
+    def __init__(self, place: tuple[Any, ...]) -> None:
         self.done = threading.Event()
         self.result: tuple[Any, np.ndarray | None, NodeTable | None] | None = None
         self.error: BaseException | None = None
+        self._place: tuple[Any, ...] | None = place
+        self._lock = threading.Lock()
 
-    def run(self, *place: Any) -> None:
+    def start(self) -> None:
+        with self._lock:
+            if self._place is None:  # started before
+                return
+            place, self._place = self._place, None
+        threading.Thread(
+            target=self._run, args=place, name="dali_relabel_load", daemon=True
+        ).start()
+
+    def _run(self, *place: Any) -> None:
         try:
             self.result = _place(*place)
         except BaseException as e:  # handed to the trainer's thread at its next batch

@@ -137,11 +137,12 @@ class ReLabelLoader:
             (/dev/shm when it has room, else ``$DALI_RELABEL_CACHE`` or
             ``~/.cache/dali_relabel``).
         label_map_load: when a "host" or "shared" table is read: "now" (in the
-            constructor), "background" (on a thread: the constructor returns after listing
-            the images, and batches read their maps from the store, as "stream" does, until
-            the table is complete; the same maps, as strictly checked; an error of the
-            load is raised at the next batch) or "auto" (background from 65,536 samples
-            on; ImageNet's table takes 40-50 CPU-seconds to decode).
+            constructor), "background" (on a thread from the first batch taken on: the
+            constructor returns after listing the images, and batches read their maps
+            from the store, as "stream" does, until the table is complete; the same maps,
+            as strictly checked; an error of the load is raised at the next batch) or
+            "auto" (background from 65,536 samples on; ImageNet's table takes 40-50
+            CPU-seconds to decode).
             :attr:`label_maps_loading` tells whether it is still being read.
             Default: "auto".
         storage_options: how an ``s3://`` store is reached (``endpoint_url``,
