@@ -390,6 +390,21 @@ def test_teachers_of_different_own_sizes_each_run_at_theirs(images, tmp_path, li
     assert both.grid == (6, 6)
 
 
+def test_a_rerun_at_another_size_says_how_to_resume(images, tmp_path, lite0):
+    """A store one teacher wrote at another size (as the earlier 480 px default did) is
+    refused with the option that resumes it, and that option does."""
+    out = tmp_path / "sized.zarr"
+    kwargs = dict(batch_size=4, workers=0, progress=False)
+    first = generate_label_maps(images, out, lite0, resolution=64, **kwargs)  # 2x2 at 32 px
+    with pytest.raises(StoreMismatchError, match=r"pass --grid 2 or --resolution 64 \("):
+        generate_label_maps(images, out, lite0, resolution=96, **kwargs)
+    again = generate_label_maps(images, out, lite0, grid=2, **kwargs)
+    assert again.grid == first.grid == (2, 2)
+    with pytest.raises(StoreMismatchError) as refused:  # not a size: no such hint
+        generate_label_maps(images, out, lite0, resolution=64, score_dtype="float32", **kwargs)
+    assert "--grid" not in str(refused.value)
+
+
 def test_grid_that_a_teacher_cannot_give_is_refused(images, tmp_path):
     odd = _Stride16()
     odd.features = nn.Sequential(nn.Conv2d(3, 16, 33, stride=32), nn.ReLU())  # no padding

@@ -332,7 +332,13 @@ def generate_label_maps(
     if done is not None:
         _refuse_stale(done, keys, current, "it was written without its undecodable images")
         return finish_output(done, target, storage_options=storage_options, progress=progress)
-    writer = LabelMapWriter.create(out, keys, **params)
+    try:
+        writer = LabelMapWriter.create(out, keys, **params)
+    except StoreMismatchError as e:
+        hint = _resolution_hint(out, provenance)
+        if hint is None:
+            raise
+        raise StoreMismatchError(f"{e}; {hint}") from None
     _forget_changed(writer, keys, current)
     bad = load_bad_list(out)
     if bad:
@@ -443,6 +449,31 @@ def _forget_changed(writer: LabelMapWriter, keys: Sequence[str], current: np.nda
         stacklevel=3,
     )
     writer.forget_blocks(changed)
+
+
+def _resolution_hint(out: str | os.PathLike, provenance: Mapping[str, Any]) -> str | None:
+    """How to resume a store that one teacher wrote at another size (a store of the
+    earlier 480 px default, say), or None where the size is not what differs."""
+    import zarr
+
+    try:
+        old = dict(zarr.open_group(out, mode="r").attrs).get("provenance") or {}
+    except Exception:  # not a store: the writer's own message says it all
+        return None
+    grid, resolution = old.get("grid"), old.get("resolution")
+    if (
+        not isinstance(resolution, int)
+        or not isinstance(grid, list)
+        or "resolution" not in provenance
+        or old.get("teacher") != provenance.get("teacher")
+        or (resolution, grid) == (provenance["resolution"], provenance.get("grid"))
+    ):
+        return None
+    square = f"--grid {grid[0]}" if len(grid) == 2 and grid[0] == grid[1] else None
+    how = f"{square} or --resolution {resolution}" if square else f"--resolution {resolution}"
+    return (
+        f"to resume it as it was written, pass {how} (it holds {old['teacher']} at {resolution} px)"
+    )
 
 
 def _refuse_stale(store: LabelMapStore, keys: Sequence[str], current: np.ndarray, why: str):
