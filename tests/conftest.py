@@ -140,3 +140,31 @@ def s3_copy(path, bucket: str, name: str) -> str:
         key = f"{name}/{file.relative_to(path).as_posix()}"
         client.put_object(Bucket=bucket, Key=key, Body=file.read_bytes())
     return f"s3://{bucket}/{name}"
+
+
+def timm_set_loader_epoch(loader, epoch: int) -> None:
+    """timm main's train.py ``_set_loader_epoch``, replayed: it reads the loader's
+    dataset, batch_sampler and sampler unguarded."""
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+    if hasattr(loader.batch_sampler, "set_epoch"):
+        loader.batch_sampler.set_epoch(epoch)
+    elif hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+
+
+def cutmix_samples(plain, mixed, mode: str, seed: int, size: int):
+    """A plain and a CutMix loader of one seed side by side, sample by sample: (mixed
+    image, its plain image, its partner's plain image, the box as a mask, the box as
+    (y1, y2, x1, x2)), the box being the Mixer's draw for (seed, epoch 0, rank 0,
+    batch); empty where the sample was not cut."""
+    from dali_relabel.loader._mixing import Mixer, mix_generator
+
+    mixer = Mixer(1000, cutmix_alpha=1.0, mode=mode)
+    for b, ((x, _), (y, _)) in enumerate(zip(plain, mixed, strict=True)):
+        params = mixer.draw(mix_generator(seed, 0, 0, b), len(x), size, size)
+        for i in range(len(x)):
+            yl, yh, xl, xh = params.boxes[i] if params.cutmix[i] else (0, 0, 0, 0)
+            inside = torch.zeros(size, size, dtype=torch.bool, device=x.device)
+            inside[yl:yh, xl:xh] = True
+            yield y[i], x[i], x[len(x) - 1 - i], inside, (yl, yh, xl, xh)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import cutmix_samples
 from PIL import Image
 from torchvision import transforms
 
@@ -235,25 +236,17 @@ def test_cutmix_pastes_the_partners_own_colours(sample_data, sample_store, mode)
     """Same seed: the same crops, flips and colours with and without CutMix. Inside its box
     an image shows its partner as the partner's own draws coloured it (timm's and
     torchvision's order: colour per image, then mixing), elsewhere itself."""
-    from dali_relabel.loader._mixing import Mixer, mix_generator
-
     kwargs = {"seed": 7, "crop_size": 48, "num_threads": 2, **_RECIPE}
     plain = ReLabelLoader(sample_data.train, sample_store, 10, **kwargs)
     mixed = ReLabelLoader(
         sample_data.train, sample_store, 10, cutmix_alpha=1.0, mix_mode=mode, **kwargs
     )
-    mixer = Mixer(1000, cutmix_alpha=1.0, mode=mode)
     pasted = 0
-    for b, ((x, _), (y, _)) in enumerate(zip(plain, mixed, strict=True)):
-        params = mixer.draw(mix_generator(7, 0, 0, b), len(x), 48, 48)
-        for i in range(len(x)):
-            yl, yh, xl, xh = params.boxes[i] if params.cutmix[i] else (0, 0, 0, 0)
-            inside = torch.zeros(48, 48, dtype=torch.bool)
-            inside[yl:yh, xl:xh] = True
-            assert torch.equal(y[i][:, ~inside], x[i][:, ~inside])
-            if inside.any():
-                assert torch.equal(y[i][:, inside], x[len(x) - 1 - i][:, inside])
-                pasted += 1
+    for image, own, partner, inside, _ in cutmix_samples(plain, mixed, mode, 7, 48):
+        assert torch.equal(image[:, ~inside], own[:, ~inside])
+        if inside.any():
+            assert torch.equal(image[:, inside], partner[:, inside])
+            pasted += 1
     assert pasted >= 10
 
 

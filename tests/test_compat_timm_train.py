@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import timm_set_loader_epoch
 from timm.data import FastCollateMixup
 from timm.loss import BinaryCrossEntropy as TimmBCE
 from timm.loss import LabelSmoothingCrossEntropy as TimmLSCE
@@ -55,16 +56,6 @@ def _train_loader(dataset, collate_fn=None, **extra):
                              use_multi_epochs_loader=False, **COMMON, **TRAIN, **extra)  # fmt: skip
 
 
-def _set_loader_epoch(loader, epoch):
-    # timm main's train.py (reads dataset, batch_sampler and sampler unguarded)
-    if hasattr(loader.dataset, "set_epoch"):
-        loader.dataset.set_epoch(epoch)
-    if hasattr(loader.batch_sampler, "set_epoch"):
-        loader.batch_sampler.set_epoch(epoch)
-    elif hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-
-
 @pytest.mark.parametrize("version", ["1.0.28", "main"])
 def test_two_epochs_with_each_versions_epoch_hook(trainer_root, sample_store, version):
     train, val = _datasets(trainer_root, sample_store)
@@ -78,8 +69,8 @@ def test_two_epochs_with_each_versions_epoch_hook(trainer_root, sample_store, ve
             if hasattr(train, "set_epoch"):
                 train.set_epoch(epoch)
         else:
-            _set_loader_epoch(loader, epoch)
-            _set_loader_epoch(loader, epoch)
+            timm_set_loader_epoch(loader, epoch)
+            timm_set_loader_epoch(loader, epoch)
         assert loader.sampler.epoch == epoch
         count = 0
         for images, target in loader:

@@ -8,22 +8,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import timm_set_loader_epoch
 from torch.utils.data import DataLoader, Subset
 
 from dali_relabel import ReLabelLoader
 
 CROP = 48
 FAST = {"crop_size": CROP, "num_threads": 2}
-
-
-def _set_loader_epoch(loader, epoch):
-    # timm main's train.py: reads dataset, batch_sampler and sampler unguarded
-    if hasattr(loader.dataset, "set_epoch"):
-        loader.dataset.set_epoch(epoch)
-    if hasattr(loader.batch_sampler, "set_epoch"):
-        loader.batch_sampler.set_epoch(epoch)
-    elif hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
 
 
 @pytest.mark.parametrize("drop_last", [False, True])
@@ -34,8 +25,8 @@ def test_batch_sampler_is_the_loaders_batches(sample_data, sample_store, drop_la
     assert len(loader.batch_sampler) == len(loader) == (3 if drop_last else 4)
     assert loader.batch_sampler.sampler is loader.sampler and loader.drop_last == drop_last
     for epoch in (0, 3):
-        _set_loader_epoch(loader, epoch)
-        _set_loader_epoch(loader, epoch)  # idempotent, as timm may call two hooks
+        timm_set_loader_epoch(loader, epoch)
+        timm_set_loader_epoch(loader, epoch)  # idempotent, as timm may call two hooks
         batches = list(loader.batch_sampler)
         order = loader.sampler.indices(epoch).tolist()
         assert [i for b in batches for i in b] == order[: 36 if drop_last else 40]

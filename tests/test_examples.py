@@ -12,15 +12,18 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.mark.slow
-def test_train_imagenet_on_the_sample():
-    args = ["--sample", "--steps", "3", "--crop-size", "64", "--batch-size", "8"]
-    run = subprocess.run(
+def _train_imagenet(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, str(EXAMPLES / "train_imagenet.py"), *args],
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+@pytest.mark.slow
+def test_train_imagenet_on_the_sample():
+    run = _train_imagenet("--sample", "--steps", "3", "--crop-size", "64", "--batch-size", "8")
     assert run.returncode == 0, run.stderr[-2000:]
     steps = re.findall(r"epoch 0 step (\d+)/3 loss ([0-9.]+)", run.stdout)
     assert [s for s, _ in steps] == ["1", "3"]  # the last step is reported, no step 4
@@ -33,12 +36,8 @@ def test_train_imagenet_on_the_sample():
 def test_train_imagenet_local_targets_on_the_sample():
     """--local: per-cell targets on the grid of the model's last feature map (2 x 2 for a
     ResNet at 64 px), the per-cell loss, and evaluation on the cells' mean logits."""
-    args = ["--sample", "--local", "--steps", "2", "--crop-size", "64", "--batch-size", "8"]
-    run = subprocess.run(
-        [sys.executable, str(EXAMPLES / "train_imagenet.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run = _train_imagenet(
+        "--sample", "--local", "--steps", "2", "--crop-size", "64", "--batch-size", "8"
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "local targets on the model's (2, 2) feature map" in run.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import cutmix_samples
 from PIL import Image
 
 from dali_relabel import ReLabelLoader
@@ -164,27 +165,18 @@ def test_pasted_boxes_show_the_partners_pixels(sample_data, sample_store, mode, 
     """Same seed, so the same crops and flips: a CutMix batch is the plain batch with the
     partner's pixels in each box (mirrored where the two flips differ: the graph pastes
     before flipping), and the boxes are the Mixer's draws for (seed, epoch, rank, batch)."""
-    from dali_relabel.loader._mixing import Mixer, mix_generator
-
     kwargs = {"seed": 7, "crop_size": 48, "num_threads": 2, "device": device}
     plain = ReLabelLoader(sample_data.train, sample_store, 10, **kwargs)
     mixed = ReLabelLoader(
         sample_data.train, sample_store, 10, cutmix_alpha=1.0, mix_mode=mode, **kwargs
     )
-    mixer = Mixer(1000, cutmix_alpha=1.0, mode=mode)
     pasted = 0
-    for b, ((x, _), (y, _)) in enumerate(zip(plain, mixed, strict=True)):
-        params = mixer.draw(mix_generator(7, 0, 0, b), len(x), 48, 48)
-        for i in range(len(x)):
-            j = len(x) - 1 - i
-            yl, yh, xl, xh = params.boxes[i] if params.cutmix[i] else (0, 0, 0, 0)
-            inside = torch.zeros(48, 48, dtype=torch.bool, device=device)
-            inside[yl:yh, xl:xh] = True
-            assert torch.equal(y[i][:, ~inside], x[i][:, ~inside])
-            if inside.any():
-                patch, partner = y[i][:, yl:yh, xl:xh], x[j][:, yl:yh, xl:xh]
-                assert torch.equal(patch, partner) or torch.equal(patch, partner.flip(-1))
-                pasted += 1
+    for image, own, partner, inside, (yl, yh, xl, xh) in cutmix_samples(plain, mixed, mode, 7, 48):
+        assert torch.equal(image[:, ~inside], own[:, ~inside])
+        if inside.any():
+            patch, theirs = image[:, yl:yh, xl:xh], partner[:, yl:yh, xl:xh]
+            assert torch.equal(patch, theirs) or torch.equal(patch, theirs.flip(-1))
+            pasted += 1
     assert pasted >= 10
 
 
