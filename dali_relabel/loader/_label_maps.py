@@ -300,11 +300,7 @@ def _place(
             rows = np.searchsorted(uniq, rows)
     sample_rows = None if np.array_equal(rows, np.arange(len(scores))) else rows
     if memory == "device":
-        return (
-            (torch.from_numpy(scores).to(device), torch.from_numpy(classes).to(device)),
-            (sample_rows),
-            None,
-        )
+        scores, classes = torch.from_numpy(scores).to(device), torch.from_numpy(classes).to(device)
     return (scores, classes), sample_rows, table
 
 
